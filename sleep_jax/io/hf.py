@@ -1,0 +1,237 @@
+"""Hugging Face Llama-family checkpoints (config.json + safetensors) to and from our parameter tree.
+
+HF Llama weights are [out, in] and already use rotate-half RoPE, so import is transposes and reshapes only.
+Reading uses `safetensors.numpy` (no torch, no pickle). `save_hf` writes into a temporary sibling folder and
+renames it into place, so a half-written folder is never taken for a whole one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from sleep_jax.models.llama import ModelConfig
+
+_FLOATS = (np.float16, np.float32, np.float64)
+_IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)  # buffers some old checkpoints carry
+
+
+def _read_config(folder: Path) -> ModelConfig:
+  path = folder / 'config.json'
+  if not path.is_file():
+    raise FileNotFoundError(f'{folder}: config.json is missing (not a Hugging Face checkpoint folder?)')
+  try:
+    c = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: invalid JSON: {e}') from e
+  for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size'):
+    if k not in c:
+      raise ValueError(f'{path}: required key {k!r} is missing')
+  for k in ('attention_bias', 'mlp_bias'):
+    if c.get(k):
+      raise ValueError(f'{path}: {k}=true is not supported (the model has no biases)')
+  if c.get('rope_scaling'):
+    raise ValueError(f'{path}: rope_scaling={c["rope_scaling"]} is not supported (plain RoPE only)')
+  if c.get('hidden_act', 'silu') != 'silu':
+    raise ValueError(f'{path}: hidden_act={c["hidden_act"]!r} is not supported (SwiGLU with silu only)')
+  rope = c.get('rope_parameters') or {}  # transformers>=5 nests rope_theta here
+  if rope.get('rope_type', 'default') != 'default':
+    raise ValueError(f'{path}: rope_parameters.rope_type={rope["rope_type"]!r} is not supported')
+  H = int(c['num_attention_heads'])
+  try:
+    return ModelConfig(
+        vocab_size=int(c['vocab_size']), d_model=int(c['hidden_size']), n_layers=int(c['num_hidden_layers']),
+        n_heads=H, n_kv_heads=int(c.get('num_key_value_heads') or H),
+        head_dim=int(c.get('head_dim') or c['hidden_size'] // H), d_ff=int(c['intermediate_size']),
+        rope_base=float(c.get('rope_theta', rope.get('rope_theta', 10000.0))),
+        norm_eps=float(c.get('rms_norm_eps', 1e-6)), tie_embeddings=bool(c.get('tie_word_embeddings', False)),
+        max_seq_len=int(c.get('max_position_embeddings', 2048)))
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from e
+
+
+def _weight_files(folder: Path) -> list[Path]:
+  index = folder / 'model.safetensors.index.json'
+  if index.is_file():
+    try:
+      wmap = json.loads(index.read_text())['weight_map']
+    except (json.JSONDecodeError, KeyError) as e:
+      raise ValueError(f'{index}: not a safetensors index (needs a "weight_map"): {e}') from e
+    files = [folder / f for f in dict.fromkeys(wmap.values())]
+    for f in files:
+      if not f.is_file():
+        raise FileNotFoundError(f'{index} names shard {f.name}, which is missing')
+    return files
+  if (folder / 'model.safetensors').is_file():
+    return [folder / 'model.safetensors']
+  raise FileNotFoundError(f'{folder}: neither model.safetensors nor model.safetensors.index.json found '
+                          f'(have {sorted(p.name for p in folder.iterdir())})')
+
+
+def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  out = {}
+  for f in _weight_files(folder):
+    try:
+      with safe_open(f, framework='np') as st:
+        for name in st.keys():
+          out[name] = st.get_tensor(name)
+    except Exception as e:
+      raise ValueError(f'{f}: cannot read safetensors file (truncated or corrupt?): {e}') from e
+  return out
+
+
+def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+  """HF tensor name -> shape ([out, in] for projections) for a Llama checkpoint of `cfg`."""
+  D, H, K, E, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+  s = {'model.embed_tokens.weight': (V, D), 'model.norm.weight': (D,)}
+  if not cfg.tie_embeddings:
+    s['lm_head.weight'] = (V, D)
+  for i in range(cfg.n_layers):
+    p = f'model.layers.{i}.'
+    s.update({p + 'input_layernorm.weight': (D,), p + 'post_attention_layernorm.weight': (D,),
+              p + 'self_attn.q_proj.weight': (H * E, D), p + 'self_attn.k_proj.weight': (K * E, D),
+              p + 'self_attn.v_proj.weight': (K * E, D), p + 'self_attn.o_proj.weight': (D, H * E),
+              p + 'mlp.gate_proj.weight': (F, D), p + 'mlp.up_proj.weight': (F, D),
+              p + 'mlp.down_proj.weight': (D, F)})
+  return s
+
+
+def load_hf(folder) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, float32 numpy params) from a Llama-family safetensors checkpoint folder."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f'checkpoint folder {folder} does not exist')
+  cfg = _read_config(folder)
+  t = _read_tensors(folder)
+  want = hf_shapes(cfg)
+  if cfg.tie_embeddings and 'lm_head.weight' in t:  # some exports save the tied head too; it must be the embedding
+    head = t.pop('lm_head.weight')
+    if head.shape != want['model.embed_tokens.weight'] or not np.array_equal(head, t.get('model.embed_tokens.weight')):
+      raise ValueError(f'{folder}: tie_word_embeddings=true but tensor lm_head.weight differs from '
+                       f'model.embed_tokens.weight')
+  extra = sorted(n for n in set(t) - set(want) if not n.endswith(_IGNORED_SUFFIXES))
+  if extra:
+    raise ValueError(f'{folder}: tensor {extra[0]!r} is not supported by the model ({len(extra)} unsupported '
+                     f'tensors, e.g. {extra[:4]}; q/k/v biases as in Qwen2 are not supported)')
+  w = {}
+  for name, shape in want.items():
+    if name not in t:
+      raise ValueError(f'{folder}: tensor {name!r} is missing')
+    a = t[name]
+    if a.dtype.name != 'bfloat16' and a.dtype.type not in _FLOATS:
+      raise ValueError(f'{folder}: tensor {name!r} has dtype {a.dtype}, expected a float type')
+    if a.shape != shape:
+      raise ValueError(f'{folder}: tensor {name!r} has shape {a.shape}, expected {shape}')
+    w[name] = np.asarray(a, np.float32)
+  D, H, K, E = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  params = {'embed': w['model.embed_tokens.weight']}
+  for i in range(cfg.n_layers):
+    b = lambda n: w[f'model.layers.{i}.{n}.weight']
+    params[f'layers_{i}'] = {
+        'attn_norm': {'scale': b('input_layernorm')},
+        'attn': {'wq': b('self_attn.q_proj').T.reshape(D, H, E), 'wk': b('self_attn.k_proj').T.reshape(D, K, E),
+                 'wv': b('self_attn.v_proj').T.reshape(D, K, E), 'wo': b('self_attn.o_proj').T.reshape(H, E, D)},
+        'mlp_norm': {'scale': b('post_attention_layernorm')},
+        'mlp': {'w_gate': b('mlp.gate_proj').T, 'w_up': b('mlp.up_proj').T, 'w_down': b('mlp.down_proj').T}}
+  params['final_norm'] = {'scale': w['model.norm.weight']}
+  if not cfg.tie_embeddings:
+    params['lm_head'] = w['lm_head.weight'].T
+  return cfg, numpy_tree(params)
+
+
+def numpy_tree(tree):
+  """Contiguous float32 numpy copies of a (possibly boxed, possibly jax) parameter tree."""
+  if isinstance(tree, Mapping):
+    return {k: numpy_tree(v) for k, v in tree.items()}
+  if hasattr(tree, 'unbox'):
+    tree = tree.unbox()
+  return np.ascontiguousarray(np.asarray(tree, dtype=np.float32))
+
+
+def _to_hf(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+  """Our parameter tree -> HF tensor dict, checking every shape against `cfg`."""
+  p = numpy_tree(params)
+  D = cfg.d_model
+
+  def get(*keys):
+    node = p
+    for k in keys:
+      if not isinstance(node, dict) or k not in node:
+        raise ValueError(f'params is missing {"/".join(keys)} for {cfg}')
+      node = node[k]
+    return node
+
+  want_ours = {('embed',): (cfg.vocab_size, D), ('final_norm', 'scale'): (D,)}
+  if not cfg.tie_embeddings:
+    want_ours[('lm_head',)] = (D, cfg.vocab_size)
+  for i in range(cfg.n_layers):
+    L = f'layers_{i}'
+    want_ours.update({
+        (L, 'attn', 'wq'): (D, cfg.n_heads, cfg.head_dim), (L, 'attn', 'wk'): (D, cfg.n_kv_heads, cfg.head_dim),
+        (L, 'attn', 'wv'): (D, cfg.n_kv_heads, cfg.head_dim), (L, 'attn', 'wo'): (cfg.n_heads, cfg.head_dim, D),
+        (L, 'attn_norm', 'scale'): (D,), (L, 'mlp_norm', 'scale'): (D,), (L, 'mlp', 'w_gate'): (D, cfg.d_ff),
+        (L, 'mlp', 'w_up'): (D, cfg.d_ff), (L, 'mlp', 'w_down'): (cfg.d_ff, D)})
+  for keys, shape in want_ours.items():
+    if get(*keys).shape != shape:
+      raise ValueError(f'param {"/".join(keys)} has shape {get(*keys).shape}, expected {shape} for {cfg}')
+  out = {'model.embed_tokens.weight': get('embed'), 'model.norm.weight': get('final_norm', 'scale')}
+  if not cfg.tie_embeddings:
+    out['lm_head.weight'] = get('lm_head').T
+  for i in range(cfg.n_layers):
+    L, pre = f'layers_{i}', f'model.layers.{i}.'
+    out.update({
+        pre + 'input_layernorm.weight': get(L, 'attn_norm', 'scale'),
+        pre + 'post_attention_layernorm.weight': get(L, 'mlp_norm', 'scale'),
+        pre + 'self_attn.q_proj.weight': get(L, 'attn', 'wq').reshape(D, -1).T,
+        pre + 'self_attn.k_proj.weight': get(L, 'attn', 'wk').reshape(D, -1).T,
+        pre + 'self_attn.v_proj.weight': get(L, 'attn', 'wv').reshape(D, -1).T,
+        pre + 'self_attn.o_proj.weight': get(L, 'attn', 'wo').reshape(-1, D).T,
+        pre + 'mlp.gate_proj.weight': get(L, 'mlp', 'w_gate').T,
+        pre + 'mlp.up_proj.weight': get(L, 'mlp', 'w_up').T,
+        pre + 'mlp.down_proj.weight': get(L, 'mlp', 'w_down').T})
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def hf_config(cfg: ModelConfig, tokenizer=None) -> dict:
+  c = {'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_act': 'silu',
+       'hidden_size': cfg.d_model, 'intermediate_size': cfg.d_ff, 'num_hidden_layers': cfg.n_layers,
+       'num_attention_heads': cfg.n_heads, 'num_key_value_heads': cfg.n_kv_heads, 'head_dim': cfg.head_dim,
+       'rope_theta': cfg.rope_base, 'rms_norm_eps': cfg.norm_eps, 'tie_word_embeddings': cfg.tie_embeddings,
+       'vocab_size': cfg.vocab_size, 'max_position_embeddings': cfg.max_seq_len, 'attention_bias': False,
+       'mlp_bias': False, 'rope_scaling': None, 'torch_dtype': 'float32'}
+  if tokenizer is not None:
+    c.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+  return c
+
+
+def save_hf(folder, cfg: ModelConfig, params: dict, tokenizer=None, overwrite: bool = False) -> Path:
+  """Write config.json + model.safetensors (+ tokenizer files) atomically; returns the folder."""
+  from safetensors.numpy import save_file
+  folder = Path(folder)
+  if folder.exists() and not overwrite:
+    raise FileExistsError(f'{folder} exists; pass overwrite=True to replace it')
+  tensors = _to_hf(cfg, params)
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=folder.parent))
+  try:
+    (tmp / 'config.json').write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))
+    save_file(tensors, tmp / 'model.safetensors', metadata={'format': 'pt'})
+    if tokenizer is not None:
+      tokenizer.save(tmp)
+    if folder.exists():  # swap: old aside, new in, old deleted
+      old = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.old-', dir=folder.parent))
+      os.replace(folder, old / folder.name)
+      os.replace(tmp, folder)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, folder)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return folder

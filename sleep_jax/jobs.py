@@ -1,0 +1,168 @@
+"""Jobs the entry point dispatches to by `config.job`. Each takes (config, workdir) and returns a results dict."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleep_jax import build as build_lib
+from sleep_jax import sharding, train
+from sleep_jax.sampling import Sampler
+
+
+def _write_json(path: str, obj) -> None:
+  """Write-then-rename so a reader never sees half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def run_info(config) -> dict:
+  import flax
+  import optax
+  return {'seed': config.get('seed', 0), 'jax': jax.__version__, 'flax': flax.__version__,
+          'optax': optax.__version__, 'backend': jax.default_backend(), 'devices': jax.device_count(),
+          'machine': platform.machine(), 'processor': platform.processor() or platform.machine(),
+          'cpus': os.cpu_count()}
+
+
+def make_sampler(b: build_lib.Built, config) -> Sampler:
+  s = config.sampling
+  return Sampler(b.model, b.cfg, pad_id=b.tokenizer.pad_id, eos_ids=b.tokenizer.stop_ids,
+                 prompt_buckets=s.prompt_buckets, gen_buckets=s.gen_buckets, mesh=b.mesh,
+                 param_shardings=b.shardings)
+
+
+def chat(config, workdir: str) -> dict:
+  """Chat-generate answers to `config.chat.prompts` with the configured model; report tokens/s."""
+  os.makedirs(workdir, exist_ok=True)
+  b = build_lib.build(config)
+  sampler = make_sampler(b, config)
+  msgs = lambda p: ([{'role': 'system', 'content': config.chat.system}] if config.chat.system else []) + \
+      [{'role': 'user', 'content': p}]
+  prompts = [b.tokenizer.chat_tokens(msgs(p)) for p in config.chat.prompts]
+  s = config.sampling
+  kw = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+  t0 = time.perf_counter()
+  sampler(b.params, prompts, rng=jax.random.key(config.seed), **kw)          # compile + warm up
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  out = sampler(b.params, prompts, rng=jax.random.key(config.seed), **kw)
+  dt = time.perf_counter() - t0
+  n_new = int(out.mask.sum())
+  answers = [b.tokenizer.decode(t[m]) for t, m in zip(out.tokens, out.mask)]
+  for p, a in zip(config.chat.prompts, answers):
+    print(f'\n>>> {p}\n{a.strip()}')
+  res = {'job': 'chat', 'model': dataclasses.asdict(b.cfg), 'prompts': list(config.chat.prompts),
+         'answers': answers, 'new_tokens': n_new, 'seconds': dt, 'tokens_per_s': n_new / dt,
+         'first_call_seconds_incl_compile': compile_s, 'batch': len(prompts), **run_info(config)}
+  print(f'\n{n_new} new tokens for {len(prompts)} prompts in {dt:.2f}s = {n_new / dt:.1f} tokens/s '
+        f'(batch {len(prompts)}, {jax.default_backend()}, first call incl. compile {compile_s:.1f}s)')
+  _write_json(os.path.join(workdir, 'results.json'), res)
+  return res
+
+
+# ---- language-model training ----------------------------------------------------------------------
+
+def lm_batches(config, tokenizer, vocab_size: int):
+  """`batch(step) -> dict` that depends only on (seed, step): resuming at step k replays exactly."""
+  d = config.data
+  B, L = d.batch_size, d.seq_len
+  if d.source == 'synthetic':
+    lo = getattr(tokenizer, 'sep_id', 3) + 1
+
+    def batch(step):
+      r = np.random.default_rng([config.seed, step])
+      half = r.integers(lo, vocab_size, size=(B, L // 2 + 1))
+      seq = np.concatenate([half, half], axis=1)[:, : L + 1]      # second half copies the first
+      return _lm_dict(seq)
+    return batch
+  if d.source == 'text':
+    ids = []
+    for f in d.files:
+      if not os.path.exists(f):
+        raise FileNotFoundError(f'data.files: {f!r} does not exist (paths are relative to the working dir)')
+      with open(f, encoding='utf-8') as fh:
+        ids += tokenizer.encode(fh.read()) + [tokenizer.eos_id]
+    n = (len(ids) - 1) // L
+    if n < 1:
+      raise ValueError(f'data.files give {len(ids)} tokens, fewer than data.seq_len+1={L + 1}')
+    arr = np.asarray(ids[: n * L + 1], np.int32)
+    windows = np.stack([arr[i * L: i * L + L + 1] for i in range(n)])
+
+    def batch(step):
+      epoch, pos = divmod(step * B, n)
+      perm = np.random.default_rng([config.seed, epoch]).permutation(n)
+      idx = [perm[(pos + j) % n] for j in range(B)]
+      return _lm_dict(windows[idx])
+    return batch
+  raise ValueError(f"data.source={d.source!r} is not one of 'synthetic', 'text'")
+
+
+def _lm_dict(seq):
+  seq = np.asarray(seq, np.int32)
+  return {'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': np.ones(seq[:, 1:].shape, np.float32)}
+
+
+def lm(config, workdir: str) -> dict:
+  """Train the LM with the sharded pure step; resumes from the newest checkpoint in `workdir`."""
+  from sleep_jax.checkpoint import Checkpointer, abstract_like
+  from sleep_jax.metrics import MetricLogger, progress
+  os.makedirs(workdir, exist_ok=True)
+  b = build_lib.build(config)
+  tx = train.make_optimizer(config.optim, b.params)
+  state = train.init_state(b.params, tx)
+  shard = train.state_shardings(state, b.shardings, b.mesh)
+  state = jax.device_put(state, shard)
+  batch_sh = sharding.batch_sharding(b.mesh, b.rules)
+  step_fn = train.make_train_step(b.model, tx, shard, batch_sh)
+  ckpt = Checkpointer(workdir, keep=config.checkpoint.keep, save_every=config.checkpoint.every)
+  meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
+  start = 0
+  if ckpt.latest_step() is not None:
+    state, _, _ = ckpt.restore(abstract_like(state, shard))
+    start = int(state['step'])
+    logging.info('resumed from step %d in %s', start, workdir)
+    print(f'resuming from step {start} in {workdir}')
+  batches = lm_batches(config, b.tokenizer, b.cfg.vocab_size)
+  log = MetricLogger(workdir)
+  history = []
+  t0 = time.perf_counter()
+  bar = progress(range(start, config.train.steps), desc='lm')
+  for step in bar:
+    batch = jax.device_put(batches(step), batch_sh)
+    state, m = step_fn(state, batch)
+    if (step + 1) % config.log_every == 0 or step + 1 == config.train.steps:
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      log.write_scalars(step + 1, m)
+      if not np.isfinite(m['loss']):
+        raise FloatingPointError(f'lm: non-finite loss {m["loss"]} at step {step + 1}')
+      history.append({'step': step + 1, **m})
+      bar.set_metrics({'loss': m['loss']})
+    ckpt.save(step + 1, state, meta, force=step + 1 == config.train.steps)  # every checkpoint.every, and the end
+  ckpt.wait()
+  ckpt.close()
+  log.close()
+  res = {'job': 'lm', 'steps': config.train.steps, 'start_step': start, 'history': history,
+         'seconds': time.perf_counter() - t0, **run_info(config)}
+  _write_json(os.path.join(workdir, 'results.json'), res)
+  if history:
+    print(f"step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")
+  return res
+
+
+JOBS = {'chat': chat, 'lm': lm}
+
+
+def run(config, workdir: str) -> dict:
+  if config.job not in JOBS:
+    raise ValueError(f'config.job={config.job!r} is not one of {sorted(JOBS)}')
+  return JOBS[config.job](config, workdir)

@@ -1,0 +1,104 @@
+"""Train state, optimizer with a trainable mask, and the pure sharded LM train step.
+
+State is a plain dict pytree {'step', 'params', 'opt_state'}; a step is a pure function
+`state, batch -> state, metrics` jitted once with in/out shardings and the state donated.
+Freezing is a label tree for `optax.multi_transform` (frozen leaves get `set_to_zero` and no slots).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from sleep_jax import losses, sharding
+
+Params = Any
+
+
+def param_paths(params) -> list[str]:
+  return ['/'.join(k) for k in traverse_util.flatten_dict(params)]
+
+
+def trainable_labels(params, trainable: str = '.*', frozen: str = '') -> Any:
+  """'train' / 'freeze' per leaf: a path is trained if it matches `trainable` and not `frozen` (re.search)."""
+  try:
+    tr, fr = re.compile(trainable), (re.compile(frozen) if frozen else None)
+  except re.error as e:
+    raise ValueError(f'optim.trainable / optim.frozen is not a valid regex: {e}') from e
+  flat = traverse_util.flatten_dict(params)
+  labels = {}
+  for k in flat:
+    path = '/'.join(k)
+    labels[k] = 'train' if tr.search(path) and not (fr and fr.search(path)) else 'freeze'
+  if not any(v == 'train' for v in labels.values()):
+    raise ValueError(f'optim.trainable={trainable!r} / optim.frozen={frozen!r} leave no parameter trainable; '
+                     f'paths look like {next(iter(labels)) and "/".join(next(iter(labels)))!r}')
+  return traverse_util.unflatten_dict(labels)
+
+
+def make_optimizer(cfg, params) -> optax.GradientTransformation:
+  """AdamW (or SGD) with warmup-cosine LR, global-norm clipping, and the trainable mask from config."""
+  name = cfg.get('name', 'adamw')
+  lr = cfg.lr
+  if cfg.get('warmup_steps', 0) or cfg.get('decay_steps', 0):
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.get('warmup_steps', 0), 1),
+                                            max(cfg.get('decay_steps', 0), cfg.get('warmup_steps', 0) + 1),
+                                            end_value=cfg.lr * cfg.get('end_lr_frac', 0.1))
+  if name == 'adamw':
+    opt = optax.adamw(lr, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.95), eps=cfg.get('eps', 1e-8),
+                      weight_decay=cfg.get('weight_decay', 0.0))
+  elif name == 'sgd':
+    opt = optax.sgd(lr, momentum=cfg.get('momentum', None) or None)
+  else:
+    raise ValueError(f"optim.name={name!r} is not one of 'adamw', 'sgd'")
+  if cfg.get('grad_clip', 0.0):
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  labels = trainable_labels(params, cfg.get('trainable', '.*'), cfg.get('frozen', ''))
+  return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, labels)
+
+
+def init_state(params, tx) -> dict:
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+
+def state_shardings(state, param_shardings, mesh) -> Any:
+  """Optimizer slots mirroring a parameter (same path suffix and rank) take its sharding; the rest replicate."""
+  flat_p = traverse_util.flatten_dict(param_shardings)
+  rep = sharding.replicated(mesh)
+
+  def for_leaf(path, x):
+    keys = tuple(str(getattr(p, 'key', getattr(p, 'name', getattr(p, 'idx', p)))) for p in path)
+    for n in range(len(keys)):
+      s = flat_p.get(keys[n:])
+      if s is not None and len(s.spec) <= getattr(x, 'ndim', 0):
+        return s
+    return rep
+
+  opt_sh = jax.tree_util.tree_map_with_path(for_leaf, state['opt_state'])
+  return {'step': rep, 'params': param_shardings, 'opt_state': opt_sh}
+
+
+def lm_loss(model: nn.Module, params, batch):
+  logits_BLV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'), batch.get('mask'))
+  loss, ntok = losses.cross_entropy(logits_BLV, batch['targets'], batch['weights'])
+  return loss, {'loss': loss, 'tokens': ntok}
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, shardings: Any, batch_sh,
+                    loss_fn: Callable = lm_loss):
+  """Jitted `step(state, batch) -> (state, metrics)` with the state donated."""
+
+  def step(state, batch):
+    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch), has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+
+  rep = sharding.replicated(batch_sh.mesh)
+  return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep), donate_argnums=0)

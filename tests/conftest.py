@@ -1,0 +1,18 @@
+"""Test setup: 8 fake CPU devices, set before JAX initialises its backends."""
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+@pytest.fixture(scope='session')
+def devices8():
+  devs = jax.devices()
+  assert len(devs) == 8, f'expected 8 fake CPU devices, got {len(devs)}; is XLA_FLAGS set before jax import?'
+  return devs

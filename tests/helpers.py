@@ -1,0 +1,37 @@
+"""Tiny models built through the real config path, shared by tests."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from configs import base
+from sleep_jax import build as build_lib
+from sleep_jax import sharding
+from sleep_jax.models.llama import ModelConfig, Transformer
+
+
+def tiny_config(**model_overrides):
+  c = base.base_config()
+  c.model = base.tiny_model()
+  c.model.update(model_overrides)
+  return c
+
+
+def tiny_model(**overrides):
+  cfg = build_lib.model_config_from(tiny_config(**overrides).model)
+  return cfg, Transformer(cfg)
+
+
+def random_params(model, seed=0, scale=1.0):
+  """Non-trivial random parameters (norm scales too), so tests cannot pass by symmetry."""
+  p = model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))['params']
+  p = nn.meta.unbox(p)
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  out = [x + scale * 0.05 * jax.random.normal(k, x.shape) if x.ndim == 1 else x * scale
+         for x, k in zip(leaves, keys)]
+  return jax.tree.unflatten(tree, out)
+
+
+def mesh(data=1, fsdp=1, tensor=1):
+  n = data * fsdp * tensor
+  return sharding.make_mesh({'data': data, 'fsdp': fsdp, 'tensor': tensor}, jax.devices()[:n])
