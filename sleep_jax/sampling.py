@@ -96,7 +96,7 @@ class Sampler:
     if self.mesh is None:
       return cache
     kv = 'tensor' if 'tensor' in self.mesh.shape and self.cfg.n_kv_heads % self.mesh.shape['tensor'] == 0 else None
-    sh = NamedSharding(self.mesh, P(self._data_spec, None, kv, None))
+    sh = NamedSharding(self.mesh, P(self._data_spec, kv, None, None))
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh), cache)
 
   def _generate(self, params, prompt_BP, pmask_BP, rng, max_new, temperature, top_k, top_p, *,

@@ -16,6 +16,7 @@ import optax
 from flax import traverse_util
 
 from sleep_jax import losses, sharding
+from sleep_jax.models.llama import causal_mask
 
 Params = Any
 
@@ -84,7 +85,11 @@ def state_shardings(state, param_shardings, mesh) -> Any:
 
 
 def lm_loss(model: nn.Module, params, batch):
-  logits_BLV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'), batch.get('mask'))
+  """Next-token CE; packed rows (with 'segment_ids' and 'positions') attend within their own segment."""
+  mask_BLL = batch.get('mask')
+  if mask_BLL is None and 'segment_ids' in batch:
+    mask_BLL = causal_mask(batch['segment_ids'])
+  logits_BLV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'), mask_BLL)
   loss, ntok = losses.cross_entropy(logits_BLV, batch['targets'], batch['weights'])
   return loss, {'loss': loss, 'tokens': ntok}
 

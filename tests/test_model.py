@@ -53,3 +53,18 @@ def test_untied_model_has_lm_head_and_logits_are_float32():
   assert params['lm_head'].shape == (cfg.d_model, cfg.vocab_size)
   logits, _ = model.apply({'params': params}, jnp.zeros((1, 4), jnp.int32))
   assert logits.dtype == jnp.float32 and logits.shape == (1, 4, cfg.vocab_size)
+
+
+def test_packed_segments_do_not_see_each_other():
+  from sleep_jax.models.llama import causal_mask
+  cfg, model = tiny_model()
+  params = random_params(model)
+  a, b = [5, 6, 7, 8], [9, 10, 11]
+  seq = jnp.asarray([a + b + [0]])
+  seg = jnp.asarray([[1] * 4 + [2] * 3 + [0]])
+  pos = jnp.asarray([[0, 1, 2, 3, 0, 1, 2, 0]])
+  packed, _ = model.apply({'params': params}, seq, pos, causal_mask(seg))
+  alone_b, _ = model.apply({'params': params}, jnp.asarray([b]))
+  alone_a, _ = model.apply({'params': params}, jnp.asarray([a]))
+  np.testing.assert_allclose(packed[0, :4], alone_a[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(packed[0, 4:7], alone_b[0], rtol=1e-5, atol=1e-5)

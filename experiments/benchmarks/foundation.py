@@ -113,6 +113,37 @@ def bench_hf(folder, prompts_BP, reps, new_tokens, train_B, train_L):
           'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}, out['tokens']
 
 
+def machine_limits(n_params_bytes: int, reps: int):
+  """This machine's float32 matmul peak (JAX and torch) and JAX's weight-streaming (gemv) bandwidth."""
+  import jax
+  import jax.numpy as jnp
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  mm = jax.jit(lambda a: a @ a)
+  t_mm, _ = _time(lambda: jax.block_until_ready(mm(a)), max(reps, 3))
+  # Decode reads every weight once per step: time B=8 rows against 30 distinct 576x1536 matrices.
+  ws = [jax.random.normal(jax.random.key(i), (576, 1536)) for i in range(30)]
+  x = jnp.ones((8, 576))
+  gemv = jax.jit(lambda x, ws: [x @ w for w in ws])
+  t_gv, _ = _time(lambda: jax.block_until_ready(gemv(x, ws)), max(reps, 3))
+  out = {'jax_matmul_gflops': 2 * n**3 / t_mm / 1e9, 'jax_gemv_gb_s': 30 * 576 * 1536 * 4 / t_gv / 1e9}
+  try:
+    import torch
+    ta = torch.randn(n, n)
+    t_t, _ = _time(lambda: ta @ ta, max(reps, 3))
+    out['torch_matmul_gflops'] = 2 * n**3 / t_t / 1e9
+  except ImportError:
+    pass
+  out['decode_bound_tokens_s_b8'] = 8 / (n_params_bytes / (out['jax_gemv_gb_s'] * 1e9))
+  return out
+
+
+def train_flops(cfg, B, L) -> float:
+  """Model FLOPs of one train step: 6 x params x tokens + attention scores/values (fwd+bwd)."""
+  attn = 6 * 2 * cfg.n_layers * B * L * L * cfg.n_heads * cfg.head_dim
+  return 6 * cfg.num_params() * B * L + attn
+
+
 def main(argv):
   del argv
   import jax
@@ -124,12 +155,13 @@ def main(argv):
   prompts = np.random.default_rng(0).integers(100, cfg.vocab_size, (B, P)).astype(np.int32)
   print(f'SmolLM2-135M architecture ({cfg.num_params() / 1e6:.1f}M params), {jax.default_backend()}, '
         f'{os.cpu_count()} CPUs; {reps} timed reps after a warm-up')
+  limits = machine_limits(cfg.num_params() * 4, reps)
   ours, our_tokens = bench_ours(cfg, params, prompts, reps, N, TB, TL)
   res = {'machine': f'{platform.machine()} {platform.processor()} cpus={os.cpu_count()}',
          'backend': jax.default_backend(), 'jax': jax.__version__, 'reps': reps,
          'sampler': {'batch': B, 'prompt_len': P, 'new_tokens': N},
          'train': {'batch': TB, 'seq_len': TL, 'optimizer': 'adamw', 'dtype': 'float32'},
-         'sleep_jax': ours}
+         'sleep_jax': ours, 'limits': limits, 'train_step_flops': train_flops(cfg, TB, TL)}
   rows = [('sampler tokens/s (B=8, 64+128)', B * N / ours['sample_s'], None),
           ('train-step tokens/s (8x256, AdamW)', TB * TL / ours['train_s'], None)]
   if not _SKIP_HF.value:
@@ -140,9 +172,17 @@ def main(argv):
     res['hf'] = hf
     res['greedy_token_agreement'] = float((our_tokens == hf_tokens).mean())
     rows = [(rows[0][0], rows[0][1], B * N / hf['sample_s']), (rows[1][0], rows[1][1], TB * TL / hf['train_s'])]
+  fl = res['train_step_flops']
+  rows.append(('train-step GFLOP/s (model FLOPs)', fl / ours['train_s'] / 1e9,
+               fl / res['hf']['train_s'] / 1e9 if 'hf' in res else None))
   print('\n| measurement | sleep_jax | HF transformers (PyTorch) | ratio |\n|---|---:|---:|---:|')
   for name, ours_v, hf_v in rows:
     print(f'| {name} | {ours_v:,.1f} | ' + (f'{hf_v:,.1f} | {ours_v / hf_v:.2f}x |' if hf_v else '- | - |'))
+  print(f"\nthis machine: f32 matmul peak {limits['jax_matmul_gflops']:.0f} GFLOP/s (JAX)"
+        + (f", {limits['torch_matmul_gflops']:.0f} GFLOP/s (torch)" if 'torch_matmul_gflops' in limits else '')
+        + f"; weight-streaming (gemv) bandwidth {limits['jax_gemv_gb_s']:.1f} GB/s, so reading all "
+        f"{cfg.num_params() * 4 / 1e6:.0f} MB of f32 weights once per decode step caps B=8 sampling at "
+        f"{limits['decode_bound_tokens_s_b8']:.0f} tokens/s")
   if 'greedy_token_agreement' in res:
     print(f"\ngreedy tokens identical to HF's on {100 * res['greedy_token_agreement']:.1f}% of positions")
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)

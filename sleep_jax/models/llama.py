@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Cache = list  # one {'k': [B,T,K,E], 'v': [B,T,K,E]} per layer
+Cache = list  # one {'k': [B,K,T,E], 'v': [B,K,T,E]} per layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,22 +110,25 @@ class Attention(nn.Module):
     q_BLHE = rope(jnp.einsum('bld,dhe->blhe', x, wq.astype(dt)), pos_BL, c.rope_base)
     k_BLKE = rope(jnp.einsum('bld,dke->blke', x, wk.astype(dt)), pos_BL, c.rope_base)
     v_BLKE = jnp.einsum('bld,dke->blke', x, wv.astype(dt))
+    # Keys/values live as [B,K,T,E] (the cache layout too), so attention contracts without
+    # transposing the whole cache every decode step.
+    k_BKLE, v_BKLE = k_BLKE.transpose(0, 2, 1, 3), v_BLKE.transpose(0, 2, 1, 3)
     new_cache = None
     if cache is not None:
-      k_BTKE = jax.lax.dynamic_update_slice_in_dim(cache['k'], k_BLKE.astype(cache['k'].dtype), cache_index, axis=1)
-      v_BTKE = jax.lax.dynamic_update_slice_in_dim(cache['v'], v_BLKE.astype(cache['v'].dtype), cache_index, axis=1)
-      new_cache = {'k': k_BTKE, 'v': v_BTKE}
+      k_BKTE = jax.lax.dynamic_update_slice_in_dim(cache['k'], k_BKLE.astype(cache['k'].dtype), cache_index, axis=2)
+      v_BKTE = jax.lax.dynamic_update_slice_in_dim(cache['v'], v_BKLE.astype(cache['v'].dtype), cache_index, axis=2)
+      new_cache = {'k': k_BKTE, 'v': v_BKTE}
     else:
-      k_BTKE, v_BTKE = k_BLKE, v_BLKE
+      k_BKTE, v_BKTE = k_BKLE, v_BKLE
     B, L = x.shape[:2]
-    q_BLKGE = q_BLHE.reshape(B, L, K, H // K, E)
-    s_BKGLT = jnp.einsum('blkge,btke->bkglt', q_BLKGE, k_BTKE.astype(dt),
+    q_BKGLE = q_BLHE.reshape(B, L, K, H // K, E).transpose(0, 2, 3, 1, 4)
+    s_BKGLT = jnp.einsum('bkgle,bkte->bkglt', q_BKGLE, k_BKTE.astype(dt),
                          preferred_element_type=jnp.float32) * (E ** -0.5)
     s_BKGLT = jnp.where(mask_BLT[:, None, None], s_BKGLT, jnp.finfo(jnp.float32).min)
     p_BKGLT = jax.nn.softmax(s_BKGLT, axis=-1)
     # A query row with no visible key (a pad position) would softmax to uniform; zero it instead.
     p_BKGLT = jnp.where(mask_BLT[:, None, None], p_BKGLT, 0.0).astype(dt)
-    o_BLKGE = jnp.einsum('bkglt,btke->blkge', p_BKGLT, v_BTKE.astype(dt))
+    o_BLKGE = jnp.einsum('bkglt,bkte->blkge', p_BKGLT, v_BKTE.astype(dt))
     out_BLD = jnp.einsum('blhe,hed->bld', o_BLKGE.reshape(B, L, H, E), wo.astype(dt))
     return out_BLD, new_cache
 
@@ -200,7 +203,16 @@ class Transformer(nn.Module):
     return logits_BLV.astype(jnp.float32), new_cache
 
 
+def causal_mask(segment_ids_BL=None, length: int | None = None):
+  """[B,L,L] bool: causal, and within one packed segment when segment ids are given (0 = padding)."""
+  if segment_ids_BL is None:
+    return jnp.tril(jnp.ones((length, length), bool))[None]
+  L = segment_ids_BL.shape[1]
+  same_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+  return same_BLL & jnp.tril(jnp.ones((L, L), bool))[None] & (segment_ids_BL > 0)[:, None, :]
+
+
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype=None) -> Cache:
   dtype = jnp.dtype(dtype or cfg.dtype)
-  z = lambda: jnp.zeros((batch, slots, cfg.n_kv_heads, cfg.head_dim), dtype)
+  z = lambda: jnp.zeros((batch, cfg.n_kv_heads, slots, cfg.head_dim), dtype)
   return [{'k': z(), 'v': z()} for _ in range(cfg.n_layers)]
