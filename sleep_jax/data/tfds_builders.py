@@ -42,13 +42,13 @@ def data_dir() -> str:
   return os.environ.get('SLEEP_JAX_DATA_DIR', os.path.expanduser('~/.cache/sleep_jax/tfds'))
 
 
-_BUILDERS: dict[tuple[str, str], type] = {}
+_BUILDERS: dict[tuple, type] = {}
 
 
 def builder_class(spec: Spec):
   """A TFDS builder class for `spec` (one per name and version; TFDS registers classes by name)."""
   import tensorflow_datasets as tfds
-  key = (spec.name, spec.version())
+  key = (spec.name, spec.version(), id(spec))
   if key in _BUILDERS:
     return _BUILDERS[key]
 
