@@ -12,13 +12,14 @@ from configs import base
 def get_config(arg: str = '') -> mlc.ConfigDict:
   c = base.base_config()
   c.job = 'lm'
-  # 'text': the files below, tokenised and packed; 'synthetic': seeded copy-task sequences.
-  c.data = mlc.ConfigDict(dict(source='text', files=('README.md',), batch_size=8, seq_len=256))
+  # 'tfds': a project dataset (sleep_jax/data/registry.py) packed by grain; 'synthetic': copy-task rows.
+  c.data = mlc.ConfigDict(dict(source='tfds', dataset='sleep_essays', split='train', text_key='text',
+                               batch_size=8, seq_len=256))
   c.train = mlc.ConfigDict(dict(steps=20))
   c.optim.lr = 3e-5
   if arg == 'smoke':
     c.model = base.tiny_model()
-    c.data.update(dict(source='synthetic', batch_size=8, seq_len=32))
+    c.data.update(dict(batch_size=8, seq_len=32))
     c.train.steps = 12
     c.optim.lr = 3e-3
     c.checkpoint.every = 5

@@ -72,39 +72,41 @@ def chat(config, workdir: str) -> dict:
 
 # ---- language-model training ----------------------------------------------------------------------
 
-def lm_batches(config, tokenizer, vocab_size: int):
-  """`batch(step) -> dict` that depends only on (seed, step): resuming at step k replays exactly."""
-  d = config.data
-  B, L = d.batch_size, d.seq_len
-  if d.source == 'synthetic':
-    lo = getattr(tokenizer, 'sep_id', 3) + 1
+class LMBatches:
+  """Training batches by step. 'synthetic': a pure function of (seed, step), seeded copy-task rows.
+  'tfds': a grain pipeline (packed rows with segment ids) over a project dataset, whose iterator state
+  goes into every checkpoint so a resumed run sees exactly the batches an uninterrupted one would."""
 
-    def batch(step):
-      r = np.random.default_rng([config.seed, step])
-      half = r.integers(lo, vocab_size, size=(B, L // 2 + 1))
-      seq = np.concatenate([half, half], axis=1)[:, : L + 1]      # second half copies the first
-      return _lm_dict(seq)
-    return batch
-  if d.source == 'text':
-    ids = []
-    for f in d.files:
-      if not os.path.exists(f):
-        raise FileNotFoundError(f'data.files: {f!r} does not exist (paths are relative to the working dir)')
-      with open(f, encoding='utf-8') as fh:
-        ids += tokenizer.encode(fh.read()) + [tokenizer.eos_id]
-    n = (len(ids) - 1) // L
-    if n < 1:
-      raise ValueError(f'data.files give {len(ids)} tokens, fewer than data.seq_len+1={L + 1}')
-    arr = np.asarray(ids[: n * L + 1], np.int32)
-    windows = np.stack([arr[i * L: i * L + L + 1] for i in range(n)])
+  def __init__(self, config, tokenizer, vocab_size: int):
+    d = config.data
+    self.source, self.seed, self.B, self.L = d.source, config.seed, d.batch_size, d.seq_len
+    self.lo, self.vocab_size = getattr(tokenizer, 'sep_id', 3) + 1, vocab_size
+    self._it = None
+    if d.source == 'tfds':
+      from sleep_jax.data import pipeline, tfds_builders
+      src = tfds_builders.load(d.dataset, d.split)        # 'test' refuses: training never reads it
+      self._pipeline = pipeline
+      self._it = iter(pipeline.lm_dataset(src, tokenizer, text_key=d.text_key, seq_len=self.L,
+                                          batch_size=self.B, seed=self.seed))
+    elif d.source != 'synthetic':
+      raise ValueError(f"data.source={d.source!r} is not one of 'synthetic', 'tfds'")
 
-    def batch(step):
-      epoch, pos = divmod(step * B, n)
-      perm = np.random.default_rng([config.seed, epoch]).permutation(n)
-      idx = [perm[(pos + j) % n] for j in range(B)]
-      return _lm_dict(windows[idx])
-    return batch
-  raise ValueError(f"data.source={d.source!r} is not one of 'synthetic', 'text'")
+  def __call__(self, step: int) -> dict:
+    if self._it is not None:
+      return next(self._it)
+    r = np.random.default_rng([self.seed, step])
+    half = r.integers(self.lo, self.vocab_size, size=(self.B, self.L // 2 + 1))
+    return _lm_dict(np.concatenate([half, half], axis=1)[:, : self.L + 1])   # second half copies the first
+
+  def state(self) -> dict:
+    return {'grain': self._pipeline.get_state(self._it)} if self._it is not None else {}
+
+  def restore(self, state: dict | None) -> None:
+    if self._it is not None:
+      if not state or 'grain' not in state:
+        raise ValueError('checkpoint has no data-iterator state but data.source is tfds; '
+                         'it was written by a run with another data.source')
+      self._pipeline.set_state(self._it, state['grain'])
 
 
 def _lm_dict(seq):
@@ -126,19 +128,21 @@ def lm(config, workdir: str) -> dict:
   step_fn = train.make_train_step(b.model, tx, shard, batch_sh)
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep, save_every=config.checkpoint.every)
   meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
+  batches = LMBatches(config, b.tokenizer, b.cfg.vocab_size)
   start = 0
   if ckpt.latest_step() is not None:
-    state, _, _ = ckpt.restore(abstract_like(state, shard))
+    state, _, extra = ckpt.restore(abstract_like(state, shard))
+    batches.restore((extra or {}).get('data'))
     start = int(state['step'])
     logging.info('resumed from step %d in %s', start, workdir)
     print(f'resuming from step {start} in {workdir}')
-  batches = lm_batches(config, b.tokenizer, b.cfg.vocab_size)
   log = MetricLogger(workdir)
   history = []
   t0 = time.perf_counter()
   bar = progress(range(start, config.train.steps), desc='lm')
   for step in bar:
-    batch = jax.device_put(batches(step), batch_sh)
+    batch = jax.make_array_from_process_local_data(batch_sh, batches(step)) if jax.process_count() > 1 \
+        else jax.device_put(batches(step), batch_sh)
     state, m = step_fn(state, batch)
     if (step + 1) % config.log_every == 0 or step + 1 == config.train.steps:
       m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -147,7 +151,8 @@ def lm(config, workdir: str) -> dict:
         raise FloatingPointError(f'lm: non-finite loss {m["loss"]} at step {step + 1}')
       history.append({'step': step + 1, **m})
       bar.set_metrics({'loss': m['loss']})
-    ckpt.save(step + 1, state, meta, force=step + 1 == config.train.steps)  # every checkpoint.every, and the end
+    if (step + 1) % config.checkpoint.every == 0 or step + 1 == config.train.steps:
+      ckpt.save(step + 1, state, meta, extra={'data': batches.state()}, force=True)
   ckpt.wait()
   ckpt.close()
   log.close()

@@ -19,7 +19,7 @@ def run_steps(m, n_steps=5, optim=None):
   state = jax.device_put(state, shard)
   bsh = sharding.batch_sharding(m, b.rules)
   step = train.make_train_step(b.model, tx, shard, bsh)
-  batches = jobs.lm_batches(config, b.tokenizer, b.cfg.vocab_size)
+  batches = jobs.LMBatches(config, b.tokenizer, b.cfg.vocab_size)
   init_params = jax.device_get(b.params)
   losses = []
   for i in range(n_steps):
