@@ -31,14 +31,11 @@ def trainable_labels(params, trainable: str = '.*', frozen: str = '') -> Any:
     tr, fr = re.compile(trainable), (re.compile(frozen) if frozen else None)
   except re.error as e:
     raise ValueError(f'optim.trainable / optim.frozen is not a valid regex: {e}') from e
-  flat = traverse_util.flatten_dict(params)
-  labels = {}
-  for k in flat:
-    path = '/'.join(k)
-    labels[k] = 'train' if tr.search(path) and not (fr and fr.search(path)) else 'freeze'
-  if not any(v == 'train' for v in labels.values()):
+  labels = {k: 'train' if tr.search('/'.join(k)) and not (fr and fr.search('/'.join(k))) else 'freeze'
+            for k in traverse_util.flatten_dict(params)}
+  if 'train' not in labels.values():
     raise ValueError(f'optim.trainable={trainable!r} / optim.frozen={frozen!r} leave no parameter trainable; '
-                     f'paths look like {next(iter(labels)) and "/".join(next(iter(labels)))!r}')
+                     f'paths look like {"/".join(next(iter(labels)))!r}')
   return traverse_util.unflatten_dict(labels)
 
 
