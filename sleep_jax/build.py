@@ -26,6 +26,12 @@ class Built:
   tokenizer: Any
   mesh: Mesh
   rules: tuple
+  cms: Any = dataclasses.field(default_factory=dict)   # expert active masks ({} without expert pools)
+
+  @property
+  def variables(self) -> dict:
+    from sleep_jax.models.cms import variables
+    return variables(self.params, self.cms)
 
 
 def model_config_from(mc) -> ModelConfig:
@@ -52,9 +58,8 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
     if cfg.vocab_size < tok.vocab_size:
       raise ValueError(f'model.vocab_size={cfg.vocab_size} is smaller than the byte tokenizer ({tok.vocab_size})')
     model = Transformer(cfg)
-    init = lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32))['params']
     seed = config.get('seed', 0) if seed is None else seed
-    params, shardings = sharding.init_sharded(init, mesh, rules, jax.random.key(seed))
+    params, shardings = sharding.init_sharded(_init_params(model), mesh, rules, jax.random.key(seed))
   else:
     from sleep_jax import io as sio
     if mc.source == 'smollm2':
@@ -67,12 +72,37 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
     else:
       cfg, host = sio.load_hf(mc.path)
       tok = sio.Tokenizer.load(mc.path)
-    # The file fixes the architecture; config may still choose compute dtypes and the context cap.
+    # The file fixes the architecture; config chooses compute dtypes, the context cap and the CMS expert
+    # pools added on top of the pretrained MLPs (their leaves start from a fresh init, all inactive).
     cfg = dataclasses.replace(cfg, dtype=mc.dtype, param_dtype=mc.param_dtype,
-                              max_seq_len=min(cfg.max_seq_len, mc.max_seq_len))
+                              max_seq_len=min(cfg.max_seq_len, mc.max_seq_len),
+                              n_experts=mc.get('n_experts', 0), expert_rank=mc.get('expert_rank', 0))
     model = Transformer(cfg)
     shardings = sharding.logical_shardings(abstract_params(model), mesh, rules)
-    params = sharding.put_tree(jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.param_dtype)), host), shardings)
+    host = jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.param_dtype)), host)
+    if cfg.n_experts:
+      seed = config.get('seed', 0) if seed is None else seed
+      fresh, _ = sharding.init_sharded(_init_params(model), mesh, rules, jax.random.key(seed))
+      params = _merge_pretrained(fresh, host, shardings)
+    else:
+      params = sharding.put_tree(host, shardings)
+  from sleep_jax.models.cms import init_cms_state
+  cms = init_cms_state(cfg)
   logging.info('built %s model (%.1fM params) on mesh %s in %.1fs', mc.source, cfg.num_params() / 1e6,
                dict(mesh.shape), time.time() - t0)
-  return Built(cfg, model, params, shardings, tok, mesh, rules)
+  return Built(cfg, model, params, shardings, tok, mesh, rules, cms)
+
+
+def _init_params(model: nn.Module):
+  return lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32))['params']
+
+
+def _merge_pretrained(fresh, host, shardings):
+  """`fresh` (sharded init) with every leaf the checkpoint has replaced by the checkpoint's value."""
+  from flax import traverse_util
+  f, h, sh = (traverse_util.flatten_dict(t) for t in (fresh, host, shardings))
+  missing = sorted('/'.join(k) for k in h if k not in f)
+  if missing:
+    raise ValueError(f'checkpoint tensors {missing[:3]} have no place in the model')
+  out = {k: jax.device_put(h[k], sh[k]) if k in h else v for k, v in f.items()}
+  return traverse_util.unflatten_dict(out)

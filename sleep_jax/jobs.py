@@ -4,12 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sleep_jax import build as build_lib
@@ -52,10 +52,10 @@ def chat(config, workdir: str) -> dict:
   s = config.sampling
   kw = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
   t0 = time.perf_counter()
-  sampler(b.params, prompts, rng=jax.random.key(config.seed), **kw)          # compile + warm up
+  sampler(b.params, prompts, rng=jax.random.key(config.seed), cms=b.cms, **kw)   # compile + warm up
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  out = sampler(b.params, prompts, rng=jax.random.key(config.seed), **kw)
+  out = sampler(b.params, prompts, rng=jax.random.key(config.seed), cms=b.cms, **kw)
   dt = time.perf_counter() - t0
   n_new = int(out.mask.sum())
   answers = [b.tokenizer.decode(t[m]) for t, m in zip(out.tokens, out.mask)]
@@ -114,20 +114,19 @@ def _lm_dict(seq):
   return {'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': np.ones(seq[:, 1:].shape, np.float32)}
 
 
-def lm(config, workdir: str) -> dict:
-  """Train the LM with the sharded pure step; resumes from the newest checkpoint in `workdir`."""
+def _run_steps(config, workdir: str, name: str, b, state, shard, step_fn, meta: dict,
+               on_metrics=None) -> tuple[dict, dict]:
+  """The loop `lm` and `wake` share: grain/synthetic batches, metrics, checkpoints with the data-iterator
+  state, resume from the newest checkpoint in `workdir`. Returns (final state, results dict)."""
   from sleep_jax.checkpoint import Checkpointer, abstract_like
   from sleep_jax.metrics import MetricLogger, progress
-  os.makedirs(workdir, exist_ok=True)
-  b = build_lib.build(config)
-  tx = train.make_optimizer(config.optim, b.params)
-  state = train.init_state(b.params, tx)
-  shard = train.state_shardings(state, b.shardings, b.mesh)
-  state = jax.device_put(state, shard)
   batch_sh = sharding.batch_sharding(b.mesh, b.rules)
-  step_fn = train.make_train_step(b.model, tx, shard, batch_sh)
+  n_shards = batch_sh.mesh.size // math.prod(  # devices the batch dim is split over
+      batch_sh.mesh.shape[a] for a in batch_sh.mesh.axis_names if a not in jax.tree.leaves(tuple(batch_sh.spec)))
+  if config.data.batch_size % n_shards:
+    raise ValueError(f'data.batch_size={config.data.batch_size} must be a multiple of the {n_shards} devices the '
+                     f'batch is split over (mesh {dict(b.mesh.shape)}); change data.batch_size or mesh.shape')
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep, save_every=config.checkpoint.every)
-  meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
   batches = LMBatches(config, b.tokenizer, b.cfg.vocab_size)
   start = 0
   if ckpt.latest_step() is not None:
@@ -139,32 +138,85 @@ def lm(config, workdir: str) -> dict:
   log = MetricLogger(workdir)
   history = []
   t0 = time.perf_counter()
-  bar = progress(range(start, config.train.steps), desc='lm')
+  steps = config.train.steps
+  bar = progress(range(start, steps), desc=name)
   for step in bar:
-    batch = jax.make_array_from_process_local_data(batch_sh, batches(step)) if jax.process_count() > 1 \
-        else jax.device_put(batches(step), batch_sh)
+    host = batches(step)
+    batch = jax.make_array_from_process_local_data(batch_sh, host) if jax.process_count() > 1 \
+        else jax.device_put(host, batch_sh)
     state, m = step_fn(state, batch)
-    if (step + 1) % config.log_every == 0 or step + 1 == config.train.steps:
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      log.write_scalars(step + 1, m)
+    if on_metrics is not None:
+      on_metrics(step + 1, m)
+    if (step + 1) % config.log_every == 0 or step + 1 == steps:
+      m = {k: float(v) for k, v in jax.device_get(m).items() if np.ndim(v) == 0}
       if not np.isfinite(m['loss']):
-        raise FloatingPointError(f'lm: non-finite loss {m["loss"]} at step {step + 1}')
+        raise FloatingPointError(f'{name}: non-finite loss {m["loss"]} at step {step + 1}')
+      log.write_scalars(step + 1, m)
       history.append({'step': step + 1, **m})
       bar.set_metrics({'loss': m['loss']})
-    if (step + 1) % config.checkpoint.every == 0 or step + 1 == config.train.steps:
+    if (step + 1) % config.checkpoint.every == 0 or step + 1 == steps:
       ckpt.save(step + 1, state, meta, extra={'data': batches.state()}, force=True)
   ckpt.wait()
   ckpt.close()
   log.close()
-  res = {'job': 'lm', 'steps': config.train.steps, 'start_step': start, 'history': history,
+  res = {'job': name, 'steps': steps, 'start_step': start, 'history': history,
          'seconds': time.perf_counter() - t0, **run_info(config)}
-  _write_json(os.path.join(workdir, 'results.json'), res)
   if history:
     print(f"step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")
+  return state, res
+
+
+def lm(config, workdir: str) -> dict:
+  """Train the LM with the sharded pure step; resumes from the newest checkpoint in `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  b = build_lib.build(config)
+  tx = train.make_optimizer(config.optim, b.params)
+  state = train.init_state(b.params, tx, b.cms)
+  shard = train.state_shardings(state, b.shardings, b.mesh)
+  state = jax.device_put(state, shard)
+  step_fn = train.make_train_step(b.model, tx, shard, sharding.batch_sharding(b.mesh, b.rules))
+  meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
+  _, res = _run_steps(config, workdir, 'lm', b, state, shard, step_fn, meta)
+  _write_json(os.path.join(workdir, 'results.json'), res)
   return res
 
 
-JOBS = {'chat': chat, 'lm': lm}
+def wake_config(config, cfg):
+  """WakeConfig from `config.wake`; empty level_of_layer/periods/lrs mean `default_levels` over all layers."""
+  from sleep_jax.phases import wake as wake_lib
+  w = config.wake
+  level_of_layer, periods, lrs = tuple(w.level_of_layer), tuple(w.periods), tuple(w.lrs)
+  if not level_of_layer:
+    level_of_layer, periods = wake_lib.default_levels(cfg.n_layers, w.n_levels, w.base_period, w.factor)
+    lrs = lrs or (w.lr,) * len(periods)
+  return wake_lib.WakeConfig(level_of_layer=level_of_layer, periods=periods, lrs=lrs, optimizer=w.optimizer,
+                             train_other=w.train_other, other_lr=w.other_lr)
+
+
+def wake(config, workdir: str) -> dict:
+  """Wake on a stream (PAPER Eq. 2): each CMS level applies its accumulated update at its chunk boundary.
+  Records the boundaries (the sleep triggers) and checks the stream compiled once."""
+  from sleep_jax.phases import wake as wake_lib
+  os.makedirs(workdir, exist_ok=True)
+  b = build_lib.build(config)
+  wcfg = wake_config(config, b.cfg)
+  state = wake_lib.init_wake_state(b.params, b.cms, wcfg)
+  shard = wake_lib.wake_state_shardings(state, b.shardings, b.mesh)
+  state = jax.device_put(state, shard)
+  step_fn = wake_lib.make_wake_step(b.model, wcfg, shard, sharding.batch_sharding(b.mesh, b.rules))
+  meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'wake': dataclasses.asdict(wcfg),
+          'lineage': []}
+  triggers = []
+  on_metrics = lambda step, m: triggers.extend(
+      {'step': step, 'level': int(l)} for l in np.flatnonzero(np.asarray(m['boundary'])))
+  _, res = _run_steps(config, workdir, 'wake', b, state, shard, step_fn, meta, on_metrics)
+  res.update(wake=dataclasses.asdict(wcfg), triggers=triggers, compilations=step_fn.n_traces)
+  print(f'{len(triggers)} level updates (sleep triggers); wake step compiled {step_fn.n_traces} time(s)')
+  _write_json(os.path.join(workdir, 'results.json'), res)
+  return res
+
+
+JOBS = {'chat': chat, 'lm': lm, 'wake': wake}
 
 
 def run(config, workdir: str) -> dict:

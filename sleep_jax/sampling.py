@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sleep_jax.models.cms import variables
 from sleep_jax.models.llama import ModelConfig, init_cache
 
 NEG_INF = -1e30
@@ -99,12 +100,15 @@ class Sampler:
     sh = NamedSharding(self.mesh, P(self._data_spec, kv, None, None))
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sh), cache)
 
-  def _generate(self, params, prompt_BP, pmask_BP, rng, max_new, temperature, top_k, top_p, *,
+  def _generate(self, params, cms, dream_key, prompt_BP, pmask_BP, rng, max_new, temperature, top_k, top_p, *,
                 n_buf: int, use_top_k: bool, use_top_p: bool):
     self.num_compiles += 1  # runs once per trace, i.e. per compilation
     B, Pn = prompt_BP.shape
     T = Pn + n_buf
-    apply = lambda *a, **k: self.model.apply({'params': params}, *a, **k)
+    # With a dream key every CMS block adds one random inactive expert; the same key at every step keeps
+    # the same extra experts for the whole generation.
+    rngs = {} if dream_key is None else {'dream': dream_key}
+    apply = lambda *a, **k: self.model.apply(variables(params, cms), *a, rngs=rngs, **k)
     slots_T = jnp.arange(T)
     cache = self._cache_constraint(init_cache(self.cfg, B, T, self.cache_dtype))
     kv_valid_BT = jnp.concatenate([pmask_BP, jnp.zeros((B, n_buf), bool)], axis=1)
@@ -169,7 +173,10 @@ class Sampler:
     return toks, mask
 
   def __call__(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, rng,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> SampleOutput:
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, cms=None,
+               dream_key=None) -> SampleOutput:
+    """`cms`: the expert active masks of a CMS model; `dream_key`: also activate one random inactive
+    expert per block (Dreaming's 'random low-rank expert selection')."""
     if max_new_tokens < 1:
       raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
     if not 0.0 < top_p <= 1.0:
@@ -182,7 +189,7 @@ class Sampler:
     if self.mesh is not None:
       sh = NamedSharding(self.mesh, P(self._data_spec))
       toks, mask = jax.device_put(toks, sh), jax.device_put(mask, sh)
-    out = self._fn(params, toks, mask, rng, jnp.int32(max_new_tokens), jnp.float32(temperature),
+    out = self._fn(params, cms or {}, dream_key, toks, mask, rng, jnp.int32(max_new_tokens), jnp.float32(temperature),
                    jnp.int32(top_k), jnp.float32(top_p), n_buf=n_buf, use_top_k=top_k > 0,
                    use_top_p=top_p < 1.0)
     tok, lp, m = (np.asarray(x)[: len(prompts), :max_new_tokens] for x in out)

@@ -16,6 +16,7 @@ import optax
 from flax import traverse_util
 
 from sleep_jax import losses, sharding
+from sleep_jax.models.cms import variables
 from sleep_jax.models.llama import causal_mask
 
 Params = Any
@@ -60,8 +61,10 @@ def make_optimizer(cfg, params) -> optax.GradientTransformation:
   return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, labels)
 
 
-def init_state(params, tx) -> dict:
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+def init_state(params, tx, cms=None) -> dict:
+  """{'step', 'params', 'opt_state'} (+ 'cms', the expert active masks, for a CMS model; never trained)."""
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  return dict(state, cms=cms) if cms else state
 
 
 def state_shardings(state, param_shardings, mesh) -> Any:
@@ -78,15 +81,18 @@ def state_shardings(state, param_shardings, mesh) -> Any:
     return rep
 
   opt_sh = jax.tree_util.tree_map_with_path(for_leaf, state['opt_state'])
-  return {'step': rep, 'params': param_shardings, 'opt_state': opt_sh}
+  out = {'step': rep, 'params': param_shardings, 'opt_state': opt_sh}
+  if 'cms' in state:
+    out['cms'] = jax.tree.map(lambda _: rep, state['cms'])
+  return out
 
 
-def lm_loss(model: nn.Module, params, batch):
+def lm_loss(model: nn.Module, params, batch, cms=None):
   """Next-token CE; packed rows (with 'segment_ids' and 'positions') attend within their own segment."""
   mask_BLL = batch.get('mask')
   if mask_BLL is None and 'segment_ids' in batch:
     mask_BLL = causal_mask(batch['segment_ids'])
-  logits_BLV, _ = model.apply({'params': params}, batch['inputs'], batch.get('positions'), mask_BLL)
+  logits_BLV, _ = model.apply(variables(params, cms), batch['inputs'], batch.get('positions'), mask_BLL)
   loss, ntok = losses.cross_entropy(logits_BLV, batch['targets'], batch['weights'])
   return loss, {'loss': loss, 'tokens': ntok}
 
@@ -96,11 +102,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, sharding
   """Jitted `step(state, batch) -> (state, metrics)` with the state donated."""
 
   def step(state, batch):
-    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch), has_aux=True)(state['params'])
+    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch, state.get('cms')),
+                                                has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+    return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), metrics
 
   rep = sharding.replicated(batch_sh.mesh)
   return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep), donate_argnums=0)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from configs import base
 from sleep_jax import build as build_lib
 from sleep_jax import sharding
-from sleep_jax.models.llama import ModelConfig, Transformer
+from sleep_jax.models.llama import Transformer
 
 
 def tiny_config(**model_overrides):

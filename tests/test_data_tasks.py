@@ -1,5 +1,4 @@
 """TFDS builders (offline, versioned, atomic) and the seqio tasks over them."""
-import json
 
 import pytest
 

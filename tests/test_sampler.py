@@ -130,3 +130,17 @@ def test_bad_requests_are_clear(setup):
     s(params, [list(range(1, 40))], max_new_tokens=4, rng=jax.random.key(0))
   with pytest.raises(ValueError, match='top_p'):
     s(params, [[1]], max_new_tokens=4, rng=jax.random.key(0), top_p=0.0)
+
+
+def test_cms_model_samples_with_masks_and_dream_experts():
+  from sleep_jax.models import cms as cms_lib
+  cfg, model = tiny_model(n_experts=3, expert_rank=4)
+  params = random_params(model, seed=2, scale=6.0)
+  cms = cms_lib.init_cms_state(cfg)
+  s = sampler(cfg, model, eos_ids=[-1])
+  kw = dict(max_new_tokens=12, rng=jax.random.key(0), temperature=0)
+  plain = s(params, PROMPTS, cms=cms, **kw)
+  dream_a = s(params, PROMPTS, cms=cms, dream_key=jax.random.key(1), **kw)
+  dream_b = s(params, PROMPTS, cms=cms, dream_key=jax.random.key(1), **kw)
+  np.testing.assert_array_equal(dream_a.tokens, dream_b.tokens)            # deterministic per dream key
+  assert not np.allclose(plain.logprobs, dream_a.logprobs)                   # the random expert changes the model

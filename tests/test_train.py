@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sleep_jax import jobs, sharding, train
-from sleep_jax.build import abstract_params, build
+from sleep_jax.build import build
 from tests.helpers import mesh, tiny_config
 
 

@@ -22,7 +22,7 @@ class ByteTokenizer:
     return [self.bos_id] + ids if add_special else ids
 
   def decode(self, ids, skip_special: bool = True) -> str:
-    out, specials = bytearray(), []
+    out = bytearray()
     for i in ids:
       i = int(i)
       if i >= OFFSET:

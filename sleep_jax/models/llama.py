@@ -34,12 +34,19 @@ class ModelConfig:
   dtype: str = 'float32'        # activation / compute dtype
   param_dtype: str = 'float32'
   init_std: float = 0.02
+  # CMS expert pool per block MLP (sleep_jax.models.cms): S pre-allocated low-rank experts of rank R.
+  # 0 / 0 = the plain SwiGLU MLP with exactly the pre-CMS parameter tree.
+  n_experts: int = 0
+  expert_rank: int = 0
 
   def __post_init__(self):
     problems = []
     for f in ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'head_dim', 'd_ff'):
       if getattr(self, f) <= 0:
         problems.append(f'model.{f} must be positive, got {getattr(self, f)}')
+    if (self.n_experts < 0 or self.expert_rank < 0 or (self.n_experts == 0) != (self.expert_rank == 0)):
+      problems.append(f'model.n_experts={self.n_experts} and model.expert_rank={self.expert_rank} must be '
+                      'both 0 (no expert pool) or both positive')
     if self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
       problems.append(f'model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}')
     if self.head_dim % 2:
@@ -56,6 +63,7 @@ class ModelConfig:
     D, F, V = self.d_model, self.d_ff, self.vocab_size
     attn = D * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
     per_layer = attn + 3 * D * F + 2 * D
+    per_layer += self.n_experts * (2 * D * self.expert_rank + D)   # expert A, B and router column
     return self.n_layers * per_layer + V * D * (1 if self.tie_embeddings else 2) + D
 
 
@@ -151,6 +159,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+  """Pre-norm block. With `cfg.n_experts > 0` the MLP is a CMS block (base MLP + expert pool + router)."""
   cfg: ModelConfig
   mlp_cls: Callable[..., nn.Module] = MLP
 
@@ -161,7 +170,14 @@ class Block(nn.Module):
     norm = lambda name: RMSNorm(c.norm_eps, dt, jnp.dtype(c.param_dtype), name=name)
     a_BLD, new_cache = Attention(c, name='attn')(norm('attn_norm')(x_BLD), pos_BL, mask_BLT, cache, cache_index)
     h_BLD = x_BLD + a_BLD
-    return h_BLD + self.mlp_cls(c, name='mlp')(norm('mlp_norm')(h_BLD)), new_cache
+    mlp_cls = self.mlp_cls
+    if c.n_experts > 0:
+      from sleep_jax.models.cms import CMSMLP  # cms builds on this module
+      if mlp_cls is not MLP:
+        raise ValueError(f'model.n_experts={c.n_experts} selects CMSMLP, which conflicts with a custom mlp_cls '
+                         f'{getattr(mlp_cls, "__name__", mlp_cls)}; set model.n_experts=0 to use it')
+      mlp_cls = CMSMLP
+    return h_BLD + mlp_cls(c, name='mlp')(norm('mlp_norm')(h_BLD)), new_cache
 
 
 class Transformer(nn.Module):

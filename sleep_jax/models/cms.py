@@ -1,0 +1,215 @@
+"""CMS block MLP: base SwiGLU MLP + a pre-allocated pool of S low-rank experts + a router (PAPER Sec. 2).
+
+    y = base(x) + sum_j m_j * sigmoid(x . router_j) * ((x @ A_j) @ B_j),      m_j = active_j
+
+Parameters (collection 'params', module 'mlp' inside each block; base names as in `llama.MLP`, so
+pretrained MLP weights load unchanged):
+  w_gate [D,F] ('embed','mlp'), w_up [D,F] ('embed','mlp'), w_down [F,D] ('mlp','embed'),
+  router [D,S] ('embed','expert'), expert_a [S,D,R] ('expert','embed','rank'),
+  expert_b [S,R,D] ('expert','rank','embed').
+State (collection 'cms', not trained): active [S] bool per block, so
+`model.apply({'params': p, 'cms': c}, tokens)`.
+
+Gates are independent sigmoids, not a softmax: with a softmax, activating expert j would renormalise the
+weights of every other active expert and change the function even with B_j = 0. With independent gates
+expert j's term is g_j * (x A_j) B_j, exactly zero when B_j = 0, so activation is function-preserving.
+
+Inactive experts are masked with `jnp.where` on A, B, router and gate (never multiplied by 0), so their
+parameters contribute exactly zero and get exactly zero gradient even when they hold NaN or Inf.
+
+Dreaming: when the apply call provides an rng stream 'dream' (`rngs={'dream': key}`), every CMS block
+also activates one uniformly random inactive expert for that call (none if the pool is full); its random
+B injects novelty. The choice is a function of the key and the module path only, so a sampler that passes the
+same 'dream' key to prefill and every decode step keeps the same extra experts for the whole generation.
+The effective mask is sown as intermediates 'active'.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleep_jax.models.llama import ModelConfig, _init, _param
+
+Params = Any
+CmsState = Any
+
+# Position of the expert axis in each expert-pool leaf (for padding parameters and optimizer slots).
+EXPERT_AXIS = {'router': 1, 'expert_a': 0, 'expert_b': 0}
+
+
+def expert_a_std(d_model: int) -> float:
+  return 1.0 / math.sqrt(d_model)
+
+
+def expert_b_std(rank: int) -> float:
+  """Small but non-zero: an inactive expert switched on at random while dreaming perturbs the function."""
+  return 0.02 / math.sqrt(rank)
+
+
+def dream_mask(key, active_S):
+  """`active_S` plus one uniformly random inactive expert (unchanged when none is inactive)."""
+  S = active_S.shape[0]
+  u_S = jax.random.uniform(key, (S,))
+  idx = jnp.argmax(jnp.where(active_S, -1.0, u_S))
+  return active_S | ((jnp.arange(S) == idx) & ~active_S)
+
+
+class CMSMLP(nn.Module):
+  """Base SwiGLU MLP plus a masked pool of `cfg.n_experts` rank-`cfg.expert_rank` experts with sigmoid gates."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    D, F, S, R = c.d_model, c.d_ff, c.n_experts, c.expert_rank
+    init = _init(c.init_std)
+    w_gate = _param(self, 'w_gate', init, (D, F), ('embed', 'mlp'), pdt)
+    w_up = _param(self, 'w_up', init, (D, F), ('embed', 'mlp'), pdt)
+    w_down = _param(self, 'w_down', init, (F, D), ('mlp', 'embed'), pdt)
+    router_DS = _param(self, 'router', nn.initializers.zeros, (D, S), ('embed', 'expert'), pdt)
+    a_SDR = _param(self, 'expert_a', _init(expert_a_std(D)), (S, D, R), ('expert', 'embed', 'rank'), pdt)
+    b_SRD = _param(self, 'expert_b', _init(expert_b_std(R)), (S, R, D), ('expert', 'rank', 'embed'), pdt)
+    active_S = self.variable('cms', 'active', lambda: jnp.zeros((S,), bool)).value
+    if self.has_rng('dream'):
+      active_S = dream_mask(self.make_rng('dream'), active_S)
+    self.sow('intermediates', 'active', active_S)
+
+    x = x_BLD.astype(dt)
+    h_BLF = jax.nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
+    y_BLD = h_BLF @ w_down.astype(dt)
+    # where (not multiply): garbage in an inactive expert can neither leak forward nor receive gradient.
+    router_DS = jnp.where(active_S[None, :], router_DS, 0).astype(dt)
+    a_SDR = jnp.where(active_S[:, None, None], a_SDR, 0).astype(dt)
+    b_SRD = jnp.where(active_S[:, None, None], b_SRD, 0).astype(dt)
+    g_BLS = jnp.where(active_S, jax.nn.sigmoid(x @ router_DS), 0).astype(dt)
+    z_BLSR = jnp.einsum('bld,sdr->blsr', x, a_SDR) * g_BLS[..., None]
+    return y_BLD + jnp.einsum('blsr,srd->bld', z_BLSR, b_SRD)
+
+
+# ---------------------------------------------------------------------------------------------------
+# State helpers and expert operations: pure functions over (params, cms).
+
+
+def init_cms_state(cfg: ModelConfig) -> CmsState:
+  """All experts inactive: {'layers_i': {'mlp': {'active': bool[S]}}} ({} without an expert pool)."""
+  if cfg.n_experts == 0:
+    return {}
+  return {f'layers_{i}': {'mlp': {'active': jnp.zeros((cfg.n_experts,), bool)}} for i in range(cfg.n_layers)}
+
+
+def split_variables(variables) -> tuple[Params, CmsState]:
+  """`model.init(...)` output -> (unboxed params, cms state)."""
+  return nn.meta.unbox(variables['params']), dict(variables.get('cms', {}))
+
+
+def variables(params: Params, cms: CmsState) -> dict:
+  """The variables dict `model.apply` wants (no 'cms' collection for a model without experts)."""
+  return {'params': params, 'cms': cms} if cms else {'params': params}
+
+
+def _with_mlp(tree, lk: str, mlp: dict):
+  """Copy of a params / cms tree with layer `lk`'s 'mlp' subtree replaced."""
+  return {**tree, lk: {**tree[lk], 'mlp': mlp}}
+
+
+def activate_expert(params: Params, cms: CmsState, layer: int,
+                    index: int | None = None) -> tuple[Params, CmsState, int]:
+  """Mark expert `index` (default: the first inactive one) of `layer` active and zero its B.
+
+  Zeroing B makes the activation function-preserving (its sigmoid-gated term is then exactly 0); A keeps
+  its random init so B receives gradient. Raises when the pool is full or `index` is already active.
+  """
+  lk = f'layers_{layer}'
+  if lk not in cms or 'active' not in cms[lk].get('mlp', {}):
+    raise ValueError(f'layer={layer} has no expert pool (cms state keys: {sorted(cms)}); '
+                     'set model.n_experts > 0 or grow_expert_pool first')
+  active = np.asarray(jax.device_get(cms[lk]['mlp']['active']))
+  S = active.shape[0]
+  if index is None:
+    free = np.flatnonzero(~active)
+    if free.size == 0:
+      raise ValueError(f'layer {layer}: expert pool is full ({S} of {S} active); grow_expert_pool first')
+    index = int(free[0])
+  if not 0 <= index < S:
+    raise ValueError(f'layer {layer}: expert index={index} is out of range for a pool of size {S}')
+  if active[index]:
+    raise ValueError(f'layer {layer}: expert {index} is already active (pool size {S})')
+  mlp = dict(params[lk]['mlp'])
+  mlp['expert_b'] = jnp.asarray(mlp['expert_b']).at[index].set(0)
+  new_active = jnp.asarray(cms[lk]['mlp']['active']).at[index].set(True)
+  new_cms = _with_mlp(cms, lk, {**cms[lk]['mlp'], 'active': new_active})
+  return _with_mlp(params, lk, mlp), new_cms, index
+
+
+def deactivate_expert(params: Params, cms: CmsState, layer: int, index: int) -> tuple[Params, CmsState]:
+  """Prune expert `index` of `layer` ("synaptic pruning"): inactive, router column reset to 0.
+
+  A and B stay as they are (masked, so irrelevant); `activate_expert` zeroes B when it is reused.
+  """
+  lk = f'layers_{layer}'
+  if lk not in cms:
+    raise ValueError(f'layer={layer} has no expert pool (cms state keys: {sorted(cms)})')
+  active = np.asarray(jax.device_get(cms[lk]['mlp']['active']))
+  if not 0 <= index < active.shape[0] or not active[index]:
+    raise ValueError(f'layer {layer}: expert {index} is not an active expert of a pool of size {active.shape[0]}')
+  mlp = dict(params[lk]['mlp'])
+  mlp['router'] = jnp.asarray(mlp['router']).at[:, index].set(0)
+  new_active = jnp.asarray(cms[lk]['mlp']['active']).at[index].set(False)
+  new_cms = _with_mlp(cms, lk, {**cms[lk]['mlp'], 'active': new_active})
+  return _with_mlp(params, lk, mlp), new_cms
+
+
+def pad_expert_axis(x, n_new: int, fill: float | bool = 0, axis: int = 0):
+  """Append `n_new` entries filled with `fill` along the expert axis (see EXPERT_AXIS), e.g. Adam slots."""
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, n_new)
+  return jnp.pad(x, pad, constant_values=fill)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def new_experts(rng, layer, n: int, d_model: int, rank: int, dtype) -> dict:
+  """Fresh inactive experts for `layer` with the module's init: router 0, A ~ N(0, 1/D), B ~ N(0, 0.02^2/R)."""
+  z = jax.random.normal(jax.random.fold_in(rng, layer), (2, n * d_model * rank))   # one draw: one RNG kernel
+  return {'router': jnp.zeros((d_model, n), dtype),
+          'expert_a': (expert_a_std(d_model) * z[0].reshape(n, d_model, rank)).astype(dtype),
+          'expert_b': (expert_b_std(rank) * z[1].reshape(n, rank, d_model)).astype(dtype)}
+
+
+def grow_expert_pool(cfg: ModelConfig, params: Params, cms: CmsState, n_new: int, rng,
+                     rank: int | None = None) -> tuple[ModelConfig, Params, CmsState]:
+  """Pool size S -> S + n_new in every layer; new experts inactive (so logits are unchanged).
+
+  Old experts and every other leaf are bit-identical. From S = 0 (a plain pretrained model) this adds the
+  router / expert leaves next to the unchanged base MLP; then `rank` gives R.
+  """
+  if n_new <= 0:
+    raise ValueError(f'grow_expert_pool: n_new={n_new} must be positive')
+  R = cfg.expert_rank if cfg.n_experts else rank
+  if not R or R <= 0:
+    raise ValueError(f'grow_expert_pool: model.n_experts=0, so pass rank > 0 (got rank={rank})')
+  if cfg.n_experts and rank not in (None, cfg.expert_rank):
+    raise ValueError(f'grow_expert_pool: rank={rank} differs from model.expert_rank={cfg.expert_rank}')
+  D, S = cfg.d_model, cfg.n_experts
+  new_params, new_cms = dict(params), dict(cms)
+  for i in range(cfg.n_layers):
+    lk = f'layers_{i}'
+    mlp = dict(params[lk]['mlp'])
+    fresh = new_experts(rng, i, n_new, D, R, jnp.dtype(mlp['w_up'].dtype))
+    if S == 0:
+      mlp.update(fresh)
+      active = jnp.zeros((n_new,), bool)
+    else:
+      for name, ax in EXPERT_AXIS.items():
+        mlp[name] = jnp.concatenate([mlp[name], fresh[name]], axis=ax)
+      active = pad_expert_axis(jnp.asarray(cms[lk]['mlp']['active']), n_new, False)
+    new_params[lk] = {**params[lk], 'mlp': mlp}
+    new_cms[lk] = {**cms.get(lk, {}), 'mlp': {**cms.get(lk, {}).get('mlp', {}), 'active': active}}
+  return dataclasses.replace(cfg, n_experts=S + n_new, expert_rank=R), new_params, new_cms
