@@ -574,3 +574,20 @@ def apply_lineage(cfg: ModelConfig, params: Params, lineage: Sequence[dict], rng
   for i, plan in enumerate(plans):
     params = _grow_params(plan, params, jax.random.fold_in(rng, start + i))
   return (plans[-1].new_cfg if plans else cfg), params
+
+
+def lineage_meta(base_cfg: ModelConfig, lineage: Sequence[dict]) -> dict:
+  """What a checkpoint's meta records about growth: the base config, the lineage and the config it yields."""
+  return {'base_model': dataclasses.asdict(base_cfg), 'lineage': list(lineage),
+          'model': dataclasses.asdict(lineage_plan(base_cfg, lineage).new_cfg)}
+
+
+def config_from_meta(meta: dict) -> ModelConfig:
+  """The model config a checkpoint's arrays have: its base config grown by its lineage (checked against the
+  recorded 'model' so a meta that disagrees with itself fails here, before any array is restored)."""
+  base = ModelConfig.from_dict(meta.get('base_model', meta['model']))
+  cfg = lineage_plan(base, meta.get('lineage', [])).new_cfg
+  if 'model' in meta and cfg != ModelConfig.from_dict(meta['model']):
+    raise ValueError(f"checkpoint meta is inconsistent: base_model grown by its lineage gives {cfg}, but 'model' "
+                     f"records {meta['model']}")
+  return cfg
