@@ -280,9 +280,29 @@ def _plan_add_layers(cfg: ModelConfig, at: Sequence[int] | None = None, n: int |
   return Plan(op, {'at': at}, cfg, dataclasses.replace(cfg, n_layers=L2), {}, layer_src)
 
 
+def _plan_grow_experts(cfg: ModelConfig, n_experts: int, expert_rank: int | None = None) -> Plan:
+  """Enlarge every block's expert pool to `n_experts` (new experts inactive); from no pool, `expert_rank` sets R."""
+  op = 'grow_experts'
+  n_experts = _grown(op, 'n_experts', n_experts, cfg.n_experts)
+  if cfg.n_experts == 0:
+    if expert_rank is None:
+      raise ValueError(f'growth {op}: the model has no expert pool yet; pass expert_rank to create one')
+    rank = _int(op, 'expert_rank', expert_rank)
+    if rank < 1:
+      raise ValueError(f'growth {op}: expert_rank={rank} must be >= 1')
+  else:
+    rank = cfg.expert_rank
+    if expert_rank is not None and _int(op, 'expert_rank', expert_rank) != rank:
+      raise ValueError(f'growth {op}: expert_rank={expert_rank} differs from the pool\'s rank {rank}; changing '
+                       'the rank of existing experts is not supported')
+  args = {'n_experts': n_experts} if cfg.n_experts else {'n_experts': n_experts, 'expert_rank': rank}
+  return Plan(op, args, cfg, dataclasses.replace(cfg, n_experts=n_experts, expert_rank=rank),
+              {'S': np.arange(cfg.n_experts)}, _same_layers(cfg))
+
+
 _PLANNERS: dict[str, Callable[..., Plan]] = {
     'widen_mlp': _plan_widen_mlp, 'add_heads': _plan_add_heads, 'widen_model': _plan_widen_model,
-    'add_layers': _plan_add_layers}
+    'add_layers': _plan_add_layers, 'grow_experts': _plan_grow_experts}
 
 
 def make_plan(op: str, cfg: ModelConfig, **args) -> Plan:
@@ -334,7 +354,7 @@ def _rule(plan: Plan, path: Path, whole_new: bool) -> tuple[str, float]:
   if name in _EXPERT_LEAVES:
     if name == 'expert_a':
       return 'normal', cms_lib.expert_a_std(c.d_model)
-    if name == 'expert_b' and whole_new:
+    if name == 'expert_b' and (whole_new or plan.op == 'grow_experts'):  # new inactive experts: novelty
       return 'normal', cms_lib.expert_b_std(c.expert_rank)
     return 'zeros', 0.0
   if name in _ZERO_INIT:
@@ -344,9 +364,10 @@ def _rule(plan: Plan, path: Path, whole_new: bool) -> tuple[str, float]:
 
 def _grown_leaves(plan: Plan):
   """(path, new shape, old path or None) of every leaf whose shape or source changes."""
-  sizes = dim_sizes(plan.new_cfg)
+  sizes, old = dim_sizes(plan.new_cfg), param_dims(plan.old_cfg)
   for path, dims in param_dims(plan.new_cfg).items():
     src = plan.old_path(path)
+    src = src if src in old else None   # a leaf the old model lacks (a new layer, a new expert pool) is whole-new
     if src is None or any(d in plan.pos for d in dims):
       yield path, tuple(sizes[d] for d in dims), src
 
@@ -367,7 +388,7 @@ def _apply(plan: Plan, params: Params, flat_noise) -> Params:
   flat = traverse_util.flatten_dict(params)
   dtype = flat[('embed',)].dtype
   out = {path: flat[plan.old_path(path)] for path in param_dims(plan.new_cfg)
-         if plan.old_path(path) is not None}
+         if plan.old_path(path) in flat}
   if plan.norm_factor != 1.0:
     for path in out:
       if path[-1] == 'scale':
@@ -437,8 +458,15 @@ def add_layers(cfg: ModelConfig, params: Params, rng, *, at: Sequence[int] | Non
   return _run('add_layers', cfg, params, rng, at=at, n=n)
 
 
+def grow_experts(cfg: ModelConfig, params: Params, rng, *, n_experts: int, expert_rank: int | None = None):
+  """Enlarge every block's expert pool to `n_experts` (the new experts inactive, so the function is unchanged;
+  grow the 'cms' masks with `grow_tree_like(cms, cms_lib.init_cms_state(new_cfg), fill=False, plan=...)`)."""
+  return _run('grow_experts', cfg, params, rng, n_experts=n_experts, expert_rank=expert_rank)
+
+
 OPS: dict[str, Callable[..., tuple[ModelConfig, Params]]] = {
-    'widen_mlp': widen_mlp, 'add_heads': add_heads, 'widen_model': widen_model, 'add_layers': add_layers}
+    'widen_mlp': widen_mlp, 'add_heads': add_heads, 'widen_model': widen_model, 'add_layers': add_layers,
+    'grow_experts': grow_experts}
 
 
 def _op_name(op) -> str:

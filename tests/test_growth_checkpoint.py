@@ -72,3 +72,31 @@ def test_inconsistent_meta_fails_before_restoring():
   meta['model']['d_ff'] = 40
   with pytest.raises(ValueError, match='inconsistent'):
     growth.config_from_meta(meta)
+
+
+def test_grow_experts_preserves_the_function_and_is_a_lineage_op():
+  from sleep_jax.models import cms as cms_lib
+  cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_ff=32,
+                    n_experts=2, expert_rank=4)
+  p = host_params(cfg, 3)
+  cms = cms_lib.init_cms_state(cfg)
+  cms['layers_1']['mlp']['active'] = np.array([False, True])   # an active expert with random, non-zero B
+  tokens = jax.numpy.asarray(np.random.default_rng(0).integers(0, 64, (2, 7)))
+  logits = lambda cfg, p, c: Transformer(cfg).apply(cms_lib.variables(p, c), tokens)[0]
+  before = logits(cfg, p, cms)
+  cfg2, p2, lineage = growth.grow(cfg, p, jax.random.key(0), [], 'grow_experts', n_experts=5)
+  cms2 = growth.grow_tree_like(cms, cms_lib.init_cms_state(cfg2), fill=False,
+                               plan=growth.make_plan('grow_experts', cfg, n_experts=5))
+  assert p2['layers_0']['mlp']['expert_a'].shape == (5, 16, 4)
+  assert cms2['layers_1']['mlp']['active'].tolist() == [False, True, False, False, False]
+  np.testing.assert_allclose(logits(cfg2, p2, cms2), before, rtol=1e-6, atol=1e-6)
+  # new inactive experts carry random B (novelty for dreaming); the old ones are untouched
+  assert np.abs(p2['layers_0']['mlp']['expert_b'][2:]).max() > 0
+  np.testing.assert_array_equal(p2['layers_1']['mlp']['expert_b'][:2], p['layers_1']['mlp']['expert_b'])
+  assert growth.config_from_meta(growth.lineage_meta(cfg, lineage)) == cfg2
+  # from a plain model: the pool is created (rank required)
+  with pytest.raises(ValueError, match='pass expert_rank'):
+    growth.make_plan('grow_experts', CFG0, n_experts=3)
+  cfg3, p3 = growth.grow_experts(CFG0, host_params(CFG0, 4), jax.random.key(1), n_experts=3, expert_rank=2)
+  np.testing.assert_allclose(logits(cfg3, p3, cms_lib.init_cms_state(cfg3)),
+                             logits(CFG0, host_params(CFG0, 4), {}), rtol=1e-6, atol=1e-6)
