@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleep_jax.models.llama import ModelConfig, _init, _param
+from sleep_jax.models.llama import MLP, ModelConfig, _init, _param
 
 Params = Any
 CmsState = Any
@@ -61,19 +61,16 @@ def dream_mask(key, active_S):
   return active_S | ((jnp.arange(S) == idx) & ~active_S)
 
 
-class CMSMLP(nn.Module):
-  """Base SwiGLU MLP plus a masked pool of `cfg.n_experts` rank-`cfg.expert_rank` experts with sigmoid gates."""
-  cfg: ModelConfig
+class CMSMLP(MLP):
+  """Base SwiGLU MLP (`MLP`'s parameters, same scope and names) plus a masked pool of `cfg.n_experts`
+  rank-`cfg.expert_rank` experts with sigmoid gates."""
 
   @nn.compact
   def __call__(self, x_BLD):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-    D, F, S, R = c.d_model, c.d_ff, c.n_experts, c.expert_rank
-    init = _init(c.init_std)
-    w_gate = _param(self, 'w_gate', init, (D, F), ('embed', 'mlp'), pdt)
-    w_up = _param(self, 'w_up', init, (D, F), ('embed', 'mlp'), pdt)
-    w_down = _param(self, 'w_down', init, (F, D), ('mlp', 'embed'), pdt)
+    D, S, R = c.d_model, c.n_experts, c.expert_rank
+    y_BLD = super().__call__(x_BLD)
     router_DS = _param(self, 'router', nn.initializers.zeros, (D, S), ('embed', 'expert'), pdt)
     a_SDR = _param(self, 'expert_a', _init(expert_a_std(D)), (S, D, R), ('expert', 'embed', 'rank'), pdt)
     b_SRD = _param(self, 'expert_b', _init(expert_b_std(R)), (S, R, D), ('expert', 'rank', 'embed'), pdt)
@@ -83,8 +80,6 @@ class CMSMLP(nn.Module):
     self.sow('intermediates', 'active', active_S)
 
     x = x_BLD.astype(dt)
-    h_BLF = jax.nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
-    y_BLD = h_BLF @ w_down.astype(dt)
     # where (not multiply): garbage in an inactive expert can neither leak forward nor receive gradient.
     router_DS = jnp.where(active_S[None, :], router_DS, 0).astype(dt)
     a_SDR = jnp.where(active_S[:, None, None], a_SDR, 0).astype(dt)
