@@ -13,6 +13,8 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file [:variant].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() first '
+                                 '(coordinator auto-detected on TPU pods / SLURM, else from JAX_COORDINATOR_* env).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -21,10 +23,14 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:  # Orbax/TFDS log every step at INFO; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
+  import jax
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()   # before any other JAX call; each process then reads its own data shard
   from sleep_jax import jobs
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, 'config.json'), 'w') as f:  # the resolved config of this run
-    f.write(_CONFIG.value.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(_WORKDIR.value, 'config.json'), 'w') as f:  # the resolved config of this run
+      f.write(_CONFIG.value.to_json_best_effort(indent=2))
   jobs.run(_CONFIG.value, _WORKDIR.value)
 
 
