@@ -35,3 +35,14 @@ def random_params(model, seed=0, scale=1.0):
 def mesh(data=1, fsdp=1, tensor=1):
   n = data * fsdp * tensor
   return sharding.make_mesh({'data': data, 'fsdp': fsdp, 'tensor': tensor}, jax.devices()[:n])
+
+
+def run_interrupted(job, config, workdir, stop_at: int):
+  """Run `job` to step `stop_at`, then rerun the same workdir to `config.train.steps` (a resume)."""
+  steps = config.train.steps
+  with config.unlocked():
+    config.train.steps = stop_at
+  job(config, str(workdir))
+  with config.unlocked():
+    config.train.steps = steps
+  return job(config, str(workdir))

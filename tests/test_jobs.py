@@ -2,6 +2,7 @@
 import numpy as np
 
 from sleep_jax import jobs
+from tests.helpers import run_interrupted
 
 
 def test_wake_job_triggers_levels_on_schedule_and_resumes(tmp_path, devices8):
@@ -13,12 +14,7 @@ def test_wake_job_triggers_levels_on_schedule_and_resumes(tmp_path, devices8):
               for l, c in enumerate(periods) if c and s % c == 0]
   assert full['triggers'] == expected
   assert full['compilations'] == 1
-  with config.unlocked():
-    config.train.steps = 4
-  jobs.wake(config, str(tmp_path / 'b'))
-  with config.unlocked():
-    config.train.steps = 8
-  resumed = jobs.wake(config, str(tmp_path / 'b'))
+  resumed = run_interrupted(jobs.wake, config, tmp_path / 'b', stop_at=4)
   assert resumed['start_step'] == 4
   assert resumed['history'][-1]['loss'] == full['history'][-1]['loss']
   assert np.isfinite(full['history'][-1]['loss'])

@@ -5,7 +5,7 @@ import pytest
 
 from sleep_jax import jobs, sharding, train
 from sleep_jax.build import build
-from tests.helpers import mesh, tiny_config
+from tests.helpers import mesh, run_interrupted, tiny_config
 
 
 def run_steps(m, n_steps=5, optim=None):
@@ -75,11 +75,6 @@ def test_lm_job_resumes_from_its_workdir(tmp_path, devices8):
     config.train.steps = 6
     config.checkpoint.every = 3
   full = jobs.lm(config, str(tmp_path / 'a'))
-  with config.unlocked():
-    config.train.steps = 3
-  jobs.lm(config, str(tmp_path / 'b'))
-  with config.unlocked():
-    config.train.steps = 6
-  resumed = jobs.lm(config, str(tmp_path / 'b'))
+  resumed = run_interrupted(jobs.lm, config, tmp_path / 'b', stop_at=3)
   assert resumed['start_step'] == 3
   assert resumed['history'][-1]['loss'] == full['history'][-1]['loss']
