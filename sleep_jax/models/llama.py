@@ -185,14 +185,16 @@ class Transformer(nn.Module):
 
   Without a cache, `mask_BLT` (bool, query x key) defaults to causal over the L tokens. With a cache
   (a list of per-layer {'k','v'} of T slots), the new keys go to slots [cache_index, cache_index+L) and
-  the caller's mask says which of the T slots each query may see. `last_only` returns logits [B,1,V].
+  the caller's mask says which of the T slots each query may see. `last_only` returns logits [B,1,V];
+  `tail=n` returns the logits of the last n positions only, [B,n,V] (distillation scores a completion
+  block at the end of each row and never needs the prompt's [B,P,V] logits).
   """
   cfg: ModelConfig
   mlp_cls: Callable[..., nn.Module] = MLP
 
   @nn.compact
   def __call__(self, tokens_BL, pos_BL=None, mask_BLT=None, cache: Cache | None = None, cache_index=None,
-               last_only: bool = False):
+               last_only: bool = False, tail: int = 0):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     B, L = tokens_BL.shape
@@ -208,8 +210,8 @@ class Transformer(nn.Module):
           x_BLD, pos_BL, mask_BLT, None if cache is None else cache[i], cache_index)
       if cache is not None:
         new_cache.append(layer_cache)
-    if last_only:  # logits for the final position only (sampler prefill): skips a [B,L,V] head matmul
-      x_BLD = x_BLD[:, -1:]
+    if last_only or tail:  # only the positions asked for (sampler prefill, distillation): skips head FLOPs
+      x_BLD = x_BLD[:, -(1 if last_only else tail):]
     x_BLD = RMSNorm(c.norm_eps, dt, pdt, name='final_norm')(x_BLD)
     if c.tie_embeddings:
       logits_BLV = jnp.einsum('bld,vd->blv', x_BLD, embed_VD.astype(dt), preferred_element_type=jnp.float32)

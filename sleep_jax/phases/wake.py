@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -206,11 +207,20 @@ def wake_state_shardings(state: dict, param_shardings, mesh) -> dict:
 class WakeStep:
   """The jitted wake step; `n_traces` counts how often it was traced (1 for a whole stream)."""
 
-  def __init__(self, jitted: Callable, counter: list):
-    self._jitted, self._counter = jitted, counter
+  def __init__(self, jitted: Callable, counter: list, periods: list):
+    self._jitted, self._counter, self._periods = jitted, counter, periods
 
-  def __call__(self, state, batch):
-    return self._jitted(state, batch)
+  def __call__(self, state, batch, hold=None):
+    """`hold` bool[n_levels]: levels whose boundary update is held back this step (their accumulator keeps the
+    chunk's sum), so a sleep can consolidate the update before it is applied (`consolidate.sender_update`)."""
+    n = len(self._periods)                  # levels, plus the 'other' group with train_other (never held)
+    h = np.zeros((n,), bool)
+    if hold is not None:
+      hold = np.asarray(hold, bool).reshape(-1)
+      if hold.shape[0] > n:
+        raise ValueError(f'hold has {hold.shape[0]} entries but the wake step has {n} level groups')
+      h[:hold.shape[0]] = hold
+    return self._jitted(state, batch, h)
 
   @property
   def n_traces(self) -> int:
@@ -228,7 +238,7 @@ def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, bat
   txs = [make_level_optimizer(wcfg, lr) for lr in lrs]
   counter = [0]
 
-  def step(state, batch):
+  def step(state, batch, hold):
     counter[0] += 1
     params = state['params']
     _check_layers(params, wcfg)
@@ -260,7 +270,7 @@ def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, bat
         p, opt_state[g], _ = update((total, opt_state[g], p))
         is_b = jnp.ones((), bool)
       else:
-        is_b = n_done % c == 0
+        is_b = (n_done % c == 0) & ~hold[g]
         p, opt_state[g], acc[g] = jax.lax.cond(is_b, update, lambda ops: (ops[2], ops[1], ops[0]),
                                                (total, opt_state[g], p))
       new_flat.update(traverse_util.flatten_dict(p))
@@ -275,6 +285,6 @@ def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, bat
     jitted = jax.jit(step, donate_argnums=0)
   else:
     mesh = jax.tree.leaves(state_shardings)[0].mesh
-    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
                      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-  return WakeStep(jitted, counter)
+  return WakeStep(jitted, counter, periods)

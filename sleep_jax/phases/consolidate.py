@@ -1,0 +1,499 @@
+"""Sleep, stage 1: Memory Consolidation = expansion + Knowledge Seeding (PAPER secs. 2-3).
+
+Teacher and student are views of parameter trees that are never copied or trained as a whole:
+
+  teacher  = (params, cms) frozen: the pre-update model, which may also see a privileged context in its prompt
+  student  = frozen (params, cms) with a small trainable `delta` merged in by a `View`:
+             expand=True  -> the A, B of one newly activated expert in each receiver layer (the paper's method)
+             expand=False -> the receivers' base MLP weights (the "without expansion" ablation)
+
+Gradients exist only for `delta`, so nothing else can move (tested). One update step minimises
+
+  L = alpha * [ (1 - lam) * D(T||S) on teacher samples + lam * D(T||S) on student samples ]
+      - (1 - alpha) * REINFORCE( r = gamma * r_sem + (1 - gamma) * r_abs ),  group-normalised advantages
+
+which is -L_KS of PAPER sec. 3 with the GKD mixture made explicit. The data are sampled from the teacher
+(generative replay) on prompts made from the memory buffer; for Learning-to-Imitate a random prefix of a teacher
+sample d is given to the student, which completes it G times, and each completion is scored against the rest
+of d. A row of a batch is [left-padded prompt block | completion block]; teacher and student have their own
+prompt blocks (the teacher's may hold the context), and share the completion block, so their next-token
+distributions over the completion line up position by position.
+
+The level -> level protocol (compute the sender's update, consolidate, apply and prune) is `protocol_*` below;
+the context -> MLP case is the same machinery with the context in the teacher's prompt and the pre-sleep model
+as teacher.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sleep_jax import losses, rewards
+from sleep_jax.models import cms as cms_lib
+from sleep_jax.models.cms import variables
+
+Params = Any
+DIVERGENCES = ('jsd', 'fkl', 'rkl')
+
+
+@dataclasses.dataclass(frozen=True)
+class KSConfig:
+  """Knowledge Seeding hyper-parameters (`config.sleep.ks`); defaults from ../shared/PAPER.md or chosen here."""
+  steps: int = 16                 # updates per sleep
+  prompts_per_step: int = 2       # memory-buffer prompts per update
+  group_size: int = 4             # G student completions per prompt (GRPO-style group baseline)
+  alpha: float = 0.5              # weight of the divergence term; 1 - alpha weighs the LTI policy gradient
+  lam: float = 0.5                # GKD lambda: share of the divergence measured on student (on-policy) samples
+  divergence: str = 'jsd'         # 'jsd' (generalised JSD(beta)) | 'fkl' | 'rkl'
+  beta: float = 0.5
+  gamma: float = 0.5              # r = gamma * r_sem + (1 - gamma) * r_abs
+  z0_frac: float = 0.5            # r_abs threshold: lev <= z0_frac * max length, else 0
+  reward_unit: str = 'token'      # Levenshtein over 'token's or 'char's
+  judge_hard: bool = False        # r_sem = 1[p_yes > 0.5] instead of p_yes
+  lr: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.95
+  grad_clip: float = 1.0
+  max_new_tokens: int = 32
+  temperature: float = 1.0        # student sampling (on-policy data, LTI completions)
+  teacher_temperature: float = 1.0
+  prefix_max_frac: float = 0.5    # LTI cuts d after k ~ U{0..floor(prefix_max_frac*|d|)} tokens
+  expand: bool = True             # False: train the receivers' base MLPs instead of a new expert (ablation)
+
+  def __post_init__(self):
+    for f in ('alpha', 'lam', 'gamma'):
+      v = getattr(self, f)
+      if not 0.0 <= v <= 1.0:
+        raise ValueError(f'sleep.ks.{f}={v} must be in [0, 1]')
+    if self.divergence not in DIVERGENCES:
+      raise ValueError(f'sleep.ks.divergence={self.divergence!r} is not one of {DIVERGENCES}')
+    if self.divergence == 'jsd' and not 0.0 < self.beta < 1.0:
+      raise ValueError(f"sleep.ks.beta={self.beta} must be in (0, 1) for 'jsd'; use 'fkl' / 'rkl' for the limits")
+    if not 0.0 < self.z0_frac <= 1.0:
+      raise ValueError(f'sleep.ks.z0_frac={self.z0_frac} must be in (0, 1]')
+    if self.reward_unit not in ('token', 'char'):
+      raise ValueError(f"sleep.ks.reward_unit={self.reward_unit!r} is not one of 'token', 'char'")
+    for f in ('steps', 'prompts_per_step', 'group_size', 'max_new_tokens'):
+      if getattr(self, f) < (0 if f == 'steps' else 1):
+        raise ValueError(f'sleep.ks.{f}={getattr(self, f)} must be positive')
+    if self.group_size < 2 and self.alpha < 1.0:
+      raise ValueError(f'sleep.ks.group_size={self.group_size}: the group baseline needs >= 2 samples per prompt '
+                       '(or alpha=1, no policy gradient)')
+    if not 0.0 <= self.prefix_max_frac < 1.0:
+      raise ValueError(f'sleep.ks.prefix_max_frac={self.prefix_max_frac} must be in [0, 1)')
+
+  @property
+  def off_policy_rows(self) -> bool:   # teacher samples scored by the divergence
+    return self.alpha > 0 and self.lam < 1
+
+  @property
+  def on_policy_rows(self) -> bool:    # student completions, for the PG term and/or on-policy divergence
+    return self.alpha < 1 or self.lam > 0
+
+  @classmethod
+  def from_config(cls, c) -> 'KSConfig':
+    d = dict(c)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f'sleep.ks.{unknown[0]} is not a Knowledge Seeding field; fields: {sorted(names)}')
+    return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Views: which small tree is trained, and how it merges into the frozen student tree
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """`extract(params, index) -> delta` and `merge(params, delta, index) -> params` for receiver `layers`.
+
+  expand=True: delta = {'layers_i': {'a': A_j [D,R], 'b': B_j [R,D]}} of the expert j = index['layers_i']
+  (a traced int, so a new expert index does not recompile); expand=False: delta = the base MLP weights.
+  """
+  layers: tuple[int, ...]
+  expand: bool
+
+  def extract(self, params, index) -> dict:
+    out = {}
+    for i in self.layers:
+      m = params[f'layers_{i}']['mlp']
+      if self.expand:
+        j = index[f'layers_{i}']
+        out[f'layers_{i}'] = {'a': m['expert_a'][j], 'b': m['expert_b'][j]}
+      else:
+        out[f'layers_{i}'] = {k: m[k] for k in ('w_gate', 'w_up', 'w_down')}
+    return out
+
+  def merge(self, params, delta, index) -> dict:
+    params = dict(params)
+    for i in self.layers:
+      lk = f'layers_{i}'
+      m = dict(params[lk]['mlp'])
+      if self.expand:
+        j = index[lk]
+        m['expert_a'] = m['expert_a'].at[j].set(delta[lk]['a'].astype(m['expert_a'].dtype))
+        m['expert_b'] = m['expert_b'].at[j].set(delta[lk]['b'].astype(m['expert_b'].dtype))
+      else:
+        m.update(delta[lk])
+      params[lk] = {**params[lk], 'mlp': m}
+    return params
+
+
+def expand_student(params, cms, layers: Sequence[int]) -> tuple[Params, Any, dict]:
+  """Activate one new expert (first free slot, B = 0: function-preserving) in each receiver layer."""
+  index = {}
+  for i in layers:
+    params, cms, j = cms_lib.activate_expert(params, cms, i)
+    index[f'layers_{i}'] = j
+  return params, cms, index
+
+
+def make_optimizer(kcfg: KSConfig) -> optax.GradientTransformation:
+  opt = optax.adamw(kcfg.lr, b1=kcfg.b1, b2=kcfg.b2, weight_decay=0.0)
+  return optax.chain(optax.clip_by_global_norm(kcfg.grad_clip), opt) if kcfg.grad_clip else opt
+
+
+def state_tree(params, index, view: View, tx) -> dict:
+  """{'step', 'delta' (float32 trainable copy), 'opt_state'}: the only state a sleep trains (pure; works
+  under `jax.eval_shape`, which is how a resumed sleep builds its restore target)."""
+  # A real copy: the state is donated to the update, the frozen tree it came from must survive.
+  delta = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), view.extract(params, _index_arrays(index)))
+  return {'step': jnp.zeros((), jnp.int32), 'delta': delta, 'opt_state': tx.init(delta)}
+
+
+def init_state(params, index, view: View, tx) -> dict:
+  """`state_tree` placed for the update."""
+  state = state_tree(params, index, view, tx)
+  delta = state['delta']
+  # Commit the scalars (step, Adam's count) where the update's outputs will live: an uncommitted input and a
+  # committed output are different jit signatures, which would compile the update a second time.
+  ref = jax.tree.leaves(delta)[0].sharding
+  rep = jax.sharding.NamedSharding(ref.mesh, jax.sharding.PartitionSpec()) \
+      if isinstance(ref, jax.sharding.NamedSharding) else ref
+  return jax.tree.map(lambda x: x if x.committed else jax.device_put(x, rep), state)
+
+
+def _index_arrays(index: dict) -> dict:
+  return {k: jnp.asarray(v, jnp.int32) for k, v in index.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pure update step
+
+
+def _forward_tail(model, params, cms, tokens_BL, valid_BL, n_tail: int):
+  """Logits of the last `n_tail` positions of left-padded rows (positions count real tokens only)."""
+  L = tokens_BL.shape[1]
+  pos_BL = jnp.maximum(jnp.cumsum(valid_BL, axis=1) - 1, 0)
+  mask_BLL = valid_BL[:, None, :] & jnp.tril(jnp.ones((L, L), bool))[None]
+  logits, _ = model.apply(variables(params, cms), tokens_BL, pos_BL, mask_BLL, tail=n_tail)
+  return logits
+
+
+def ks_loss(delta, frozen, batch, *, model, kcfg: KSConfig, view: View):
+  """(loss, metrics) of one batch; see the module docstring. `frozen` = teacher/student trees + expert index."""
+  N = batch['targets'].shape[1]
+  sp = view.merge(frozen['student']['params'], delta, frozen['index'])
+  s_logits = _forward_tail(model, sp, frozen['student']['cms'], batch['s_tokens'], batch['s_valid'], N + 1)[:, :N]
+  w_BN = batch['weights']
+  n_tok_B = jnp.maximum(w_BN.sum(axis=1), 1.0)
+  metrics = {}
+  loss = jnp.zeros((), jnp.float32)
+  if kcfg.alpha > 0:
+    t_logits = _forward_tail(model, frozen['teacher']['params'], frozen['teacher']['cms'], batch['t_tokens'],
+                             batch['t_valid'], N + 1)[:, :N]
+    d_BN = losses.divergence_per_token(jax.lax.stop_gradient(t_logits), s_logits, kcfg.divergence, kcfg.beta)
+    d_B = (d_BN * w_BN).sum(axis=1) / n_tok_B
+    div = jnp.sum(d_B * batch['div_w'])
+    loss = loss + kcfg.alpha * div
+    metrics['divergence'] = div
+  if kcfg.alpha < 1:
+    lp_BN = losses.token_logprobs(s_logits, batch['targets'])
+    lp_B = (lp_BN * w_BN).sum(axis=1) / n_tok_B          # per-token mean log-prob of each completion
+    pg = -jnp.sum(batch['adv'] * lp_B * batch['pg_w'])
+    loss = loss + (1 - kcfg.alpha) * pg
+    metrics['pg_loss'] = pg
+  metrics['loss'] = loss
+  return loss, metrics
+
+
+def make_update(model, kcfg: KSConfig, view: View, tx, batch_sharding=None) -> Callable:
+  """Jitted pure `update(state, frozen, batch) -> (state, metrics)`; the (small) state is donated."""
+
+  def update(state, frozen, batch):
+    (loss, metrics), grads = jax.value_and_grad(
+        functools.partial(ks_loss, model=model, kcfg=kcfg, view=view), has_aux=True)(state['delta'], frozen, batch)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['delta'])
+    delta = optax.apply_updates(state['delta'], updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    return {'step': state['step'] + 1, 'delta': delta, 'opt_state': opt_state}, metrics
+
+  return jax.jit(update, donate_argnums=0)
+
+
+def commit(frozen_student_params, state, index, view: View) -> Params:
+  """The student's full parameter tree with the trained delta merged in."""
+  return _merge_jit(view)(frozen_student_params, state['delta'], _index_arrays(index))
+
+
+@functools.lru_cache(maxsize=None)
+def _merge_jit(view: View):
+  return jax.jit(view.merge)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host side: prompts, teacher samples, LTI rewards, batches
+
+
+@dataclasses.dataclass
+class Item:
+  """One memory-buffer prompt: the student's prompt tokens and the teacher's (which may hold a context)."""
+  student: list[int]
+  teacher: list[int]
+  source: str = ''
+
+
+def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  raise ValueError(f'{what} of {n} tokens exceeds the largest bucket {buckets[-1]}; '
+                   'raise sampling.prompt_buckets or shorten the context')
+
+
+def _pad_rows(rows: list[dict], *, pad_id: int, n_rows: int, buckets: Sequence[int], n_gen: int) -> dict:
+  """Rows -> arrays [n_rows, P + n_gen] with left-padded prompts and right-padded completions."""
+  Ps = _bucket(max(len(r['s']) for r in rows), buckets, 'student prompt')
+  Pt = _bucket(max(len(r['t']) for r in rows), buckets, 'teacher prompt')
+  out = {'s_tokens': np.full((n_rows, Ps + n_gen), pad_id, np.int32), 's_valid': np.zeros((n_rows, Ps + n_gen), bool),
+         't_tokens': np.full((n_rows, Pt + n_gen), pad_id, np.int32), 't_valid': np.zeros((n_rows, Pt + n_gen), bool),
+         'targets': np.full((n_rows, n_gen), pad_id, np.int32), 'weights': np.zeros((n_rows, n_gen), np.float32),
+         'div_w': np.zeros((n_rows,), np.float32), 'pg_w': np.zeros((n_rows,), np.float32),
+         'adv': np.zeros((n_rows,), np.float32)}
+  for b, r in enumerate(rows):
+    y = list(r['y'])[:n_gen]
+    for key, P in (('s', Ps), ('t', Pt)):
+      p = r[key]
+      out[f'{key}_tokens'][b, P - len(p):P] = p
+      out[f'{key}_tokens'][b, P:P + len(y)] = y
+      out[f'{key}_valid'][b, P - len(p):P + len(y)] = True
+    out['targets'][b, :len(y)] = y
+    out['weights'][b, :len(y)] = 1.0
+    for k in ('div_w', 'pg_w', 'adv'):
+      out[k][b] = r[k]
+  return out
+
+
+class Seeder:
+  """Runs Knowledge Seeding for one sleep: `Seeder(...).run(teacher, student, items, ...)`.
+
+  `sampler` is the project's one Sampler; `judge` a `rewards.Judge` (needed when gamma > 0) scored with
+  `judge_vars` (default: the teacher's frozen pre-sleep tree without context, PAPER's default judge).
+  """
+
+  def __init__(self, model, kcfg: KSConfig, tokenizer, sampler, *, judge=None, batch_multiple: int = 1,
+               batch_sharding=None):
+    self.model, self.kcfg, self.tok, self.sampler, self.judge = model, kcfg, tokenizer, sampler, judge
+    self.batch_multiple, self.batch_sharding = batch_multiple, batch_sharding
+    if kcfg.gamma > 0 and kcfg.alpha < 1 and judge is None:
+      raise ValueError('sleep.ks.gamma > 0 needs a judge model for r_sem (rewards.Judge); set gamma=0 to use r_abs only')
+    self.tx = make_optimizer(kcfg)
+    self._updates = {}
+
+  def update_fn(self, view: View):
+    if view not in self._updates:
+      self._updates[view] = make_update(self.model, self.kcfg, view, self.tx)
+    return self._updates[view]
+
+  @property
+  def rows_per_step(self) -> int:
+    k = self.kcfg
+    n = k.prompts_per_step * ((1 if k.off_policy_rows else 0) + (k.group_size if k.on_policy_rows else 0))
+    return -(-n // self.batch_multiple) * self.batch_multiple
+
+  def teacher_samples(self, teacher, items: list[Item], rng) -> list[list[int]]:
+    """One teacher completion per item (sampled once per sleep: the generative-replay dataset D)."""
+    out = []
+    for s in range(0, len(items), 16):
+      chunk = items[s:s + 16]
+      o = self.sampler(teacher['params'], [it.teacher for it in chunk], max_new_tokens=self.kcfg.max_new_tokens,
+                       rng=jax.random.fold_in(rng, s), temperature=self.kcfg.teacher_temperature,
+                       cms=teacher['cms'])
+      out += [list(t[m]) for t, m in zip(o.tokens, o.mask)]
+    return out
+
+  def _rewards(self, ys, refs, judge_vars) -> tuple[np.ndarray, dict]:
+    k = self.kcfg
+    if k.reward_unit == 'char':
+      a, b = [self.tok.decode(y) for y in ys], [self.tok.decode(r) for r in refs]
+    else:
+      a, b = [list(map(int, y)) for y in ys], [list(map(int, r)) for r in refs]
+    r_abs = rewards.r_abs_batch(a, b, k.z0_frac)
+    r_sem = np.zeros_like(r_abs)
+    if k.gamma > 0:
+      pairs = [(self.tok.decode(y), self.tok.decode(r)) for y, r in zip(ys, refs)]
+      r_sem = np.asarray(self.judge(judge_vars['params'], pairs, cms=judge_vars['cms'], hard=k.judge_hard),
+                         np.float32)
+    r = rewards.lti_reward(r_sem, r_abs, k.gamma)
+    return r, {'reward': float(r.mean()), 'r_abs': float(r_abs.mean()), 'r_sem': float(r_sem.mean())}
+
+  def step_batch(self, items: list[Item], samples: list[list[int]], student_params, student_cms, judge_vars,
+                 rng) -> tuple[dict, dict]:
+    """Host work of one update: LTI cuts, student completions, rewards, advantages -> padded batch."""
+    k = self.kcfg
+    n = len(items)
+    r_np = np.random.default_rng(np.asarray(jax.random.key_data(rng)).ravel().tolist())
+    rows, info = [], {}
+    if k.off_policy_rows:
+      rows += [{'s': it.student, 't': it.teacher, 'y': d, 'div_w': (1 - k.lam) / n, 'pg_w': 0.0, 'adv': 0.0}
+               for it, d in zip(items, samples)]
+    if k.on_policy_rows:
+      cuts = [int(r_np.integers(0, int(k.prefix_max_frac * len(d)) + 1)) for d in samples]
+      prompts = [it.student + d[:c] for it, d, c in zip(items, samples, cuts) for _ in range(k.group_size)]
+      o = self.sampler(student_params, prompts, max_new_tokens=k.max_new_tokens, rng=rng,
+                       temperature=k.temperature, cms=student_cms)
+      ys = [list(t[m]) for t, m in zip(o.tokens, o.mask)]
+      refs = [d[c:] for d, c in zip(samples, cuts) for _ in range(k.group_size)]
+      if k.alpha < 1:
+        r, info = self._rewards(ys, refs, judge_vars)
+        adv = rewards.group_advantages(r, k.group_size)
+      else:
+        adv = np.zeros(len(ys), np.float32)
+      m = len(ys)
+      for g, (y, a) in enumerate(zip(ys, adv)):
+        it, d, c = items[g // k.group_size], samples[g // k.group_size], cuts[g // k.group_size]
+        rows.append({'s': it.student + d[:c], 't': it.teacher + d[:c], 'y': y, 'div_w': k.lam / m,
+                     'pg_w': 1.0 / m, 'adv': float(a)})
+      info['completion_tokens'] = float(np.mean([len(y) for y in ys]))
+    batch = _pad_rows(rows, pad_id=self.sampler.pad_id, n_rows=self.rows_per_step,
+                      buckets=self.sampler.prompt_buckets, n_gen=_bucket(k.max_new_tokens, self.sampler.gen_buckets,
+                                                                         'completion'))
+    return batch, info
+
+  def run(self, teacher: dict, student: dict, index: dict, view: View, items: list[Item], rng, *,
+          state: dict | None = None, judge_vars: dict | None = None, on_step: Callable | None = None,
+          progress_desc: str = 'sleep/ks') -> tuple[dict, list[dict]]:
+    """Train `delta` for kcfg.steps updates (from `state`, e.g. a resumed one). teacher/student are
+    {'params', 'cms'} (the student's with the new experts active). Returns (state, per-step metrics)."""
+    from sleep_jax.metrics import progress
+    k = self.kcfg
+    if not items:
+      raise ValueError('Knowledge Seeding got no prompts: the memory buffer is empty')
+    judge_vars = judge_vars or teacher
+    update = self.update_fn(view)
+    index_a = _index_arrays(index)
+    if state is None:
+      state = init_state(student['params'], index, view, self.tx)
+    frozen = {'teacher': teacher, 'student': student, 'index': index_a}
+    t0 = time.perf_counter()
+    samples = self.teacher_samples(teacher, items, jax.random.fold_in(rng, 0))
+    t_teacher = time.perf_counter() - t0
+    order = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1))).ravel().tolist())
+    schedule = [order.permutation(len(items)) for _ in range(-(-k.steps * k.prompts_per_step // len(items)) + 1)]
+    schedule = np.concatenate(schedule)
+    history = []
+    bar = progress(range(int(state['step']), k.steps), desc=progress_desc)
+    merge = _merge_jit(view)
+    for s in bar:
+      ids = schedule[s * k.prompts_per_step:(s + 1) * k.prompts_per_step]
+      t1 = time.perf_counter()
+      sp = merge(student['params'], state['delta'], index_a) if k.on_policy_rows else None
+      batch, info = self.step_batch([items[i] for i in ids], [samples[i] for i in ids], sp, student['cms'],
+                                    judge_vars, jax.random.fold_in(rng, 1000 + s))
+      del sp
+      t2 = time.perf_counter()
+      if self.batch_sharding is not None:   # rows split over the batch mesh axes, whatever each leaf's rank
+        sh = self.batch_sharding
+        row_sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec(sh.spec[0]))
+        batch = jax.device_put(batch, jax.tree.map(lambda _: row_sh, batch))
+      state, m = update(state, frozen, batch)
+      m = {key: float(v) for key, v in jax.device_get(m).items()}
+      t3 = time.perf_counter()
+      if not all(np.isfinite(v) for v in m.values()):
+        raise FloatingPointError(f'sleep/knowledge-seeding: non-finite metrics {m} at step {s + 1}')
+      m.update(info, step=s + 1, sample_s=t2 - t1, update_s=t3 - t2)
+      history.append(m)
+      bar.set_metrics({'loss': m['loss'], **({'reward': m['reward']} if 'reward' in m else {})})
+      if on_step is not None:
+        on_step(s + 1, state, m)
+    if history:
+      history[0]['teacher_sample_s'] = t_teacher
+    return state, history
+
+
+# ---------------------------------------------------------------------------------------------------
+# Level -> level protocol (PAPER sec. 2): compute, consolidate, update
+
+
+def sender_update(wake_state: dict, wcfg, level: int) -> tuple[Params, Any]:
+  """Step 1 ("compute"): the sender level's base update from its accumulated gradient, not applied.
+
+  Returns (updates tree over the level's leaves, the level's new optimizer state), exactly what the wake
+  step would apply at the level's boundary (PAPER Eq. 2; SGD: -lr * sum of gradients).
+  """
+  from flax import traverse_util
+  from sleep_jax.phases import wake as wake_lib
+  groups = wake_lib._group_keys(wake_state['params'], wcfg)
+  keys = groups[level]
+  if not keys or wcfg.periods[level] == 0:
+    raise ValueError(f'level {level} has no layers or is frozen (period 0): nothing to consolidate')
+  flat = traverse_util.flatten_dict(wake_state['params'])
+  sub = wake_lib._sub(flat, keys)
+  acc = wake_state['acc'][level]
+  if not acc:
+    raise ValueError(f'level {level} has period {wcfg.periods[level]}: it keeps no accumulator to consolidate '
+                     '(the sender must be a level with C >= 2)')
+  tx = wake_lib.make_level_optimizer(wcfg, wcfg.lrs[level])
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), acc, sub)
+  return tx.update(grads, wake_state['opt_state'][level], sub)
+
+
+def protocol_student(wake_state: dict, wcfg, sender: int, receiver_layers: Sequence[int], updates) -> tuple:
+  """Step 2's student: sender base weights updated, the sender's experts pruned (inactive), one new expert
+  active in each receiver layer. Returns (params, cms, index)."""
+  from flax import traverse_util
+  params, cms = wake_state['params'], wake_state['cms']
+  flat = traverse_util.flatten_dict(params)
+  for k, u in traverse_util.flatten_dict(updates).items():
+    if k[-1] in ('w_gate', 'w_up', 'w_down'):   # base weights only: the sender's experts are reset below
+      flat[k] = flat[k] + u.astype(flat[k].dtype)
+  params = traverse_util.unflatten_dict(flat)
+  params, cms = prune_level(params, cms, wcfg, sender)
+  return expand_student(params, cms, receiver_layers)
+
+
+def prune_level(params, cms, wcfg, level: int) -> tuple[Params, Any]:
+  """Deactivate every active expert of `level`'s layers ("synaptic pruning")."""
+  for i, l in enumerate(wcfg.level_of_layer):
+    if l != level or f'layers_{i}' not in cms:
+      continue
+    active = np.asarray(jax.device_get(cms[f'layers_{i}']['mlp']['active']))
+    for j in np.flatnonzero(active):
+      params, cms = cms_lib.deactivate_expert(params, cms, i, int(j))
+  return params, cms
+
+
+def protocol_apply(wake_state: dict, wcfg, sender: int, student_params, cms, new_opt_state) -> dict:
+  """Step 3 ("update"): the consolidated student becomes the wake state; the sender's accumulator restarts
+  and its optimizer state advances as if the boundary update had been applied."""
+  acc = list(wake_state['acc'])
+  acc[sender] = jax.tree.map(jnp.zeros_like, acc[sender])
+  opt = list(wake_state['opt_state'])
+  opt[sender] = new_opt_state
+  return dict(wake_state, params=student_params, cms=cms, acc=acc, opt_state=opt)
+
+
+def layers_of_level(wcfg, level: int) -> tuple[int, ...]:
+  layers = tuple(i for i, l in enumerate(wcfg.level_of_layer) if l == level)
+  if not layers:
+    raise ValueError(f'CMS level {level} has no layers (wake.level_of_layer={wcfg.level_of_layer})')
+  return layers
