@@ -8,7 +8,7 @@ PYTEST_ARGS ?= -n auto
 .PHONY: run test setup bench bench-setup clean
 
 run: setup
-	$(PY) -m experiments.main --config=configs/chat.py --workdir=$(WORKDIR)
+	$(PY) -m experiments.main --config=configs/sleep.py --workdir=$(WORKDIR)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests

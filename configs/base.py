@@ -42,6 +42,6 @@ def base_config() -> mlc.ConfigDict:
   c.sampling = mlc.ConfigDict(dict(
       temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=64,
       prompt_buckets=(16, 32, 64, 128, 256, 512, 1024), gen_buckets=(16, 32, 64, 128, 256, 512)))
-  c.checkpoint = mlc.ConfigDict(dict(every=100, keep=3))
+  c.checkpoint = mlc.ConfigDict(dict(every=100, keep=3, sleep_every=0))  # sleep_every: KS updates between saves
   c.log_every = 10
   return c

@@ -216,7 +216,87 @@ def wake(config, workdir: str) -> dict:
   return res
 
 
-JOBS = {'chat': chat, 'lm': lm, 'wake': wake}
+# ---- the wake/sleep cycle on documents (knowledge incorporation) ----------------------------------
+
+def load_docs(config) -> list[dict]:
+  """The documents to read while awake: a user's JSONL file (`knowledge.documents`), or `knowledge.n_docs`
+  generated passages of `knowledge.split` chosen by `config.seed`. 'test' is held out: final evaluation only,
+  with `knowledge.allow_test=True`."""
+  k = config.knowledge
+  if k.documents:
+    from sleep_jax.data import documents
+    docs = documents.load_jsonl(k.documents)
+  else:
+    from sleep_jax.data import knowledge
+    docs = knowledge.generate(k.split, seed=k.data_seed, allow_test=k.allow_test)
+    order = np.random.default_rng([config.seed, 0x5ee9]).permutation(len(docs))
+    docs = [docs[i] for i in order]
+  docs = docs[:k.n_docs] if k.n_docs else docs
+  if k.max_doc_chars:   # fit small context windows: cut at the last sentence end before the limit
+    cut = lambda t: t if len(t) <= k.max_doc_chars else t[:max(t.rfind('.', 0, k.max_doc_chars) + 1, 1) or
+                                                           k.max_doc_chars]
+    docs = [dict(d, text=cut(d['text'])) for d in docs]
+  return docs
+
+
+def _qa(tag, sampler, params, cms, tok, docs, config, with_context=False):
+  if not any(d.get('questions') for d in docs):
+    return None
+  from sleep_jax import evals
+  return evals.qa_eval(sampler, params, cms, tok, docs, with_context=with_context,
+                       max_new_tokens=config.knowledge.answer_tokens, batch_size=config.knowledge.eval_batch, desc=tag)
+
+
+def _score_line(name, r):
+  return f"| {name} | {r['recall']:.1f} | {r['exact_match']:.1f} | {r['token_f1']:.1f} | {r['n']} |"
+
+
+def sleep(config, workdir: str) -> dict:
+  """Read documents while awake, sleep on them, and measure no-context QA before and after the sleep(s),
+  with the teacher's with-context accuracy as the ceiling and the retention probe before and after."""
+  from sleep_jax.data import long_horizon
+  from sleep_jax.phases.cycle import Cycle
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.perf_counter()
+  b = build_lib.build(config)
+  docs = load_docs(config)
+  probe_texts = [t for _, t in long_horizon.split_essays('validation')]
+  cyc = Cycle(config, workdir, b, probe_texts)
+  sampler, tok = cyc.rt.sampler, b.tokenizer
+  before_path = os.path.join(workdir, 'before.json')
+  if os.path.exists(before_path):        # a resumed run: "before" was measured on the pre-sleep model
+    with open(before_path) as f:
+      before = json.load(f)
+  else:
+    before = {'no_context': _qa('qa before', sampler, b.params, b.cms, tok, docs, config),
+              'with_context': _qa('qa+context (ceiling)', sampler, b.params, b.cms, tok, docs, config, True)
+              if config.knowledge.with_context_eval else None,
+              'probe_nll': cyc.rt.probe(b.params, b.cms)}
+    _write_json(before_path, before)
+  events = cyc.run(docs)
+  st = cyc.state
+  after = {'no_context': _qa('qa after', sampler, st['params'], st['cms'], tok, docs, config),
+           'probe_nll': cyc.rt.probe(st['params'], st['cms'])}
+  sleeps = [e for e in events if e.get('event') == 'sleep']
+  res = {'job': 'sleep', 'docs': [d['id'] for d in docs], 'n_questions': sum(len(d.get('questions', [])) for d in docs),
+         'before': before, 'after': after, 'sleeps': sleeps,
+         'ks_steps': [e for e in events if e.get('event') == 'ks_step'],
+         'ks': dict(config.sleep.ks), 'seconds': time.perf_counter() - t_start, **run_info(config)}
+  _write_json(os.path.join(workdir, 'results.json'), res)
+  lines = ['| model | answer recall % | exact match % | token F1 % | questions |', '|---|---:|---:|---:|---:|']
+  if before['no_context']:
+    lines.append(_score_line('before sleep (no context)', before['no_context']))
+    lines.append(_score_line('after sleep (no context)', after['no_context']))
+  if before.get('with_context'):
+    lines.append(_score_line('teacher with context (ceiling)', before['with_context']))
+  print('\n' + '\n'.join(lines))
+  print(f"retention probe NLL {before['probe_nll']:.4f} -> {after['probe_nll']:.4f}; "
+        f"{sum(e['committed'] for e in sleeps)}/{len(sleeps)} sleeps committed; {res['seconds']:.0f}s in all; "
+        f"results in {os.path.join(workdir, 'results.json')}")
+  return res
+
+
+JOBS = {'chat': chat, 'lm': lm, 'wake': wake, 'sleep': sleep}
 
 
 def run(config, workdir: str) -> dict:

@@ -1,0 +1,341 @@
+"""The wake/sleep cycle: wake on a stream of documents, sleep (consolidate, then dream when enabled), wake ...
+
+Wake reads one document per step through the CMS wake step (PAPER Eq. 2) and keeps it in the memory buffer.
+Two things put the model to sleep:
+
+- a full memory buffer (`cycle.docs_per_sleep` documents): the *context -> MLP* consolidation. The teacher is
+  the pre-sleep model reading each buffered document in its prompt; the student sees only the prompt; one new
+  expert per layer of `sleep.receiver_level` learns by Knowledge Seeding (PAPER sec. 1, "the fastest level is
+  the context itself");
+- with `cycle.protocol`, a wake-step boundary of a level l >= 1: the *level -> level* protocol. The wake step
+  holds back the boundary updates of l-1 (sender) and l; the sender's update is computed, consolidated into a
+  new expert of level l (teacher: the pre-update model; student: updated sender, sender's experts pruned), then
+  applied, and level l's own held update is applied after the sleep (PAPER sec. 2).
+
+Safe sleep: before a consolidation is committed the retention probe (NLL on held-out text the model knew
+before) is measured; a relative rise above `sleep.max_probe_regression` rejects it, the pre-sleep state is kept
+and the reason is logged. Checkpoints hold the pre-sleep wake state throughout a sleep (plus the sleep's own
+small state), so the pre-sleep model is never lost before the new one is committed, and a run can stop and
+resume anywhere: between wake steps or between Knowledge Seeding updates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleep_jax import evals, sharding
+from sleep_jax.phases import consolidate as ks
+from sleep_jax.phases import wake as wake_lib
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = ('Tell me about {title}.', 'Complete the sentence: {prefix}')
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory-buffer prompts
+
+
+def _sentences(text: str) -> list[str]:
+  out, cur = [], ''
+  for ch in text.replace('\n', ' '):
+    cur += ch
+    if ch in '.!?' and len(cur.split()) >= 4:
+      out.append(cur.strip())
+      cur = ''
+  if len(cur.split()) >= 4:
+    out.append(cur.strip())
+  return out
+
+
+def buffer_prompts(doc: dict, templates, rng: np.random.Generator, n_prefix: int) -> list[str]:
+  """Instructions made from one buffered document: templates with {title}, and with {prefix} the first
+  half of `n_prefix` random sentences (prefixes of the wake context, PAPER sec. 3's default)."""
+  out = []
+  sents = _sentences(doc['text'])
+  for t in templates:
+    if '{prefix}' in t:
+      for j in rng.permutation(len(sents))[:n_prefix]:
+        words = sents[j].split()
+        out.append(t.format(prefix=' '.join(words[:max(2, len(words) // 2)]), title=doc.get('title', '')))
+    else:
+      out.append(t.format(title=doc.get('title', '')))
+  return out
+
+
+def context_items(tokenizer, docs: list[dict], templates, seed: int, n_prefix: int) -> list[ks.Item]:
+  """Student: the instruction alone; teacher: the document, then the instruction (privileged context)."""
+  rng = np.random.default_rng(seed)
+  items = []
+  for d in docs:
+    for instr in buffer_prompts(d, templates, rng, n_prefix):
+      items.append(ks.Item(tokenizer.chat_tokens([{'role': 'user', 'content': instr}]),
+                           tokenizer.chat_tokens([{'role': 'user', 'content': f"{d['text']}\n\n{instr}"}]),
+                           d['id']))
+  return items
+
+
+def plain_items(tokenizer, docs: list[dict], templates, seed: int, n_prefix: int) -> list[ks.Item]:
+  """Protocol sleeps: teacher and student get the same prompt (the knowledge is in the sender's weights)."""
+  return [ks.Item(it.student, it.student, it.source) for it in context_items(tokenizer, docs, templates, seed,
+                                                                             n_prefix)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Wake batches
+
+
+def doc_batch(tokenizer, doc: dict, seq_len: int, rows: int) -> dict:
+  """One document as an LM batch of `rows` rows (row 0 holds it; the rest, padding for the mesh, weigh 0)."""
+  ids = (tokenizer.encode(doc['text']) + [tokenizer.eos_id])[:seq_len + 1]
+  inputs = np.full((rows, seq_len), tokenizer.pad_id, np.int32)
+  targets = np.full((rows, seq_len), tokenizer.pad_id, np.int32)
+  weights = np.zeros((rows, seq_len), np.float32)
+  n = len(ids) - 1
+  inputs[0, :n], targets[0, :n], weights[0, :n] = ids[:-1], ids[1:], 1.0
+  return {'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
+def apply_held(state: dict, wcfg, levels) -> dict:
+  """Apply the held-back boundary updates of `levels` exactly as the wake step would have, resetting their
+  accumulators (used after a protocol sleep, and for a rejected one, whose sender update is still owed)."""
+  from flax import traverse_util
+  for l in levels:
+    if not state['acc'][l]:
+      continue
+    updates, opt = ks.sender_update(state, wcfg, l)
+    flat = traverse_util.flatten_dict(state['params'])
+    for k, u in traverse_util.flatten_dict(updates).items():
+      flat[k] = flat[k] + u.astype(flat[k].dtype)
+    acc, opt_state = list(state['acc']), list(state['opt_state'])
+    acc[l] = jax.tree.map(jnp.zeros_like, acc[l])
+    opt_state[l] = opt
+    state = dict(state, params=traverse_util.unflatten_dict(flat), acc=acc, opt_state=opt_state)
+  return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cycle
+
+
+@dataclasses.dataclass
+class Runtime:
+  """Everything built once per run: model, wake step, sampler, seeder, probe, checkpointer."""
+  b: Any
+  wcfg: wake_lib.WakeConfig
+  kcfg: ks.KSConfig
+  step_fn: Any
+  shard: Any
+  batch_sh: Any
+  sampler: Any
+  seeder: Any
+  probe: Any
+  ckpt: Any
+  rows: int
+
+
+def _config_tuple(x):
+  return tuple(x) if not isinstance(x, str) else (x,)
+
+
+class Cycle:
+  """`Cycle(config, workdir, built).run(docs)`: wake over `docs`, sleeping as configured; resumable."""
+
+  def __init__(self, config, workdir: str, built, probe_texts: list[str]):
+    from sleep_jax import jobs
+    from sleep_jax.checkpoint import Checkpointer
+    from sleep_jax.rewards import Judge
+    self.config, self.workdir = config, workdir
+    b = built
+    wcfg = jobs.wake_config(config, b.cfg)
+    kcfg = ks.KSConfig.from_config(config.sleep.ks)
+    state = wake_lib.init_wake_state(b.params, b.cms, wcfg)
+    shard = wake_lib.wake_state_shardings(state, b.shardings, b.mesh)
+    batch_sh = sharding.batch_sharding(b.mesh, b.rules)
+    n_shards = max(1, int(np.prod([b.mesh.shape[a] for a in ('data', 'fsdp') if a in b.mesh.shape])))
+    sampler = jobs.make_sampler(b, config)
+    judge = Judge(b.model, b.tokenizer, prompt_buckets=config.sampling.prompt_buckets) \
+        if kcfg.gamma > 0 and kcfg.alpha < 1 else None
+    seeder = ks.Seeder(b.model, kcfg, b.tokenizer, sampler, judge=judge, batch_multiple=n_shards,
+                       batch_sharding=batch_sh)
+    probe = evals.Probe(b.model, b.tokenizer, probe_texts, seq_len=config.sleep.probe_seq_len,
+                        n_rows=max(config.sleep.probe_rows, n_shards))
+    self.rt = Runtime(b, wcfg, kcfg, wake_lib.make_wake_step(b.model, wcfg, shard, batch_sh), shard, batch_sh,
+                      sampler, seeder, probe, Checkpointer(workdir, keep=config.checkpoint.keep), n_shards)
+    self.state = jax.device_put(state, shard)
+    self.log_lines: list[dict] = []
+    self.mlog = None
+
+  # ---- checkpoints ---------------------------------------------------------------------------
+  def _meta(self, pos: dict) -> dict:
+    b = self.rt.b
+    return {'config': self.config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': [],
+            'wake': dataclasses.asdict(self.rt.wcfg), 'cycle': pos}
+
+  def _save(self, pos: dict, ks_state=None):
+    n = int(pos['save_id'])
+    tree = {'wake': self.state} if ks_state is None else {'wake': self.state, 'ks': ks_state}
+    self.rt.ckpt.save(n, tree, self._meta(pos), extra={'events': self.log_lines}, force=True)
+
+  def _restore(self):
+    """(position, ks_state or None) from the newest checkpoint, or None for a fresh run."""
+    if self.rt.ckpt.latest_step() is None:
+      return None
+    from sleep_jax.checkpoint import abstract_like
+    meta = self.rt.ckpt.restore_meta()
+    pos = meta['cycle']
+    target = {'wake': abstract_like(self.state, self.rt.shard)}
+    if pos['phase'] == 'sleep' and pos.get('ks_step', 0) > 0:
+      target['ks'] = self._ks_target(pos)
+    tree, meta, extra = self.rt.ckpt.restore(target)
+    self.state = tree['wake']
+    self.log_lines = list((extra or {}).get('events', []))
+    print(f"resuming {self.workdir} at document {pos['doc']} ({pos['phase']}"
+          + (f", sleep update {pos['ks_step']}" if pos['phase'] == 'sleep' else '') + ')')
+    return pos, tree.get('ks')
+
+  def _ks_target(self, pos):
+    from sleep_jax.checkpoint import abstract_like
+    view, student, index = self._student(pos)
+    abstract = jax.eval_shape(lambda p: ks.state_tree(p, index, view, self.rt.seeder.tx), student['params'])
+    return abstract_like(abstract, sharding.replicated(self.rt.b.mesh))
+
+  # ---- sleep ---------------------------------------------------------------------------------
+  def _student(self, pos):
+    """(view, student {'params','cms'}, expert index) of the sleep at `pos`: a pure function of the pre-sleep
+    wake state, so a resumed sleep rebuilds exactly the student it left."""
+    k, s = self.rt.kcfg, self.state
+    if pos['kind'] == 'context':
+      layers = ks.layers_of_level(self.rt.wcfg, self.config.sleep.receiver_level)
+      params, cms = s['params'], s['cms']
+    else:
+      layers = ks.layers_of_level(self.rt.wcfg, pos['receiver'])
+      updates, _ = ks.sender_update(s, self.rt.wcfg, pos['receiver'] - 1)
+      params, cms, _ = ks.protocol_student(s, self.rt.wcfg, pos['receiver'] - 1, (), updates)
+    view = ks.View(layers, k.expand)
+    if k.expand:
+      params, cms, index = ks.expand_student(params, cms, layers)
+    else:
+      index = {}
+    return view, {'params': params, 'cms': cms}, index
+
+  def sleep(self, docs: list[dict], pos: dict, ks_state=None) -> dict:
+    """One sleep over the buffered `docs`; returns its event record (committed or rejected, and why)."""
+    rt, c = self.rt, self.config
+    t0 = time.perf_counter()
+    probe_before = rt.probe(self.state['params'], self.state['cms'])
+    view, student, index = self._student(pos)
+    teacher = {'params': self.state['params'], 'cms': self.state['cms']}
+    make = context_items if pos['kind'] == 'context' else plain_items
+    items = make(rt.b.tokenizer, docs, _config_tuple(c.sleep.templates), c.seed * 1000 + pos['sleep'],
+                 c.sleep.prefix_prompts)
+    rng = jax.random.fold_in(jax.random.key(c.seed), 7919 + pos['sleep'])
+
+    def on_step(step, st, m):
+      self.log_lines.append({'event': 'ks_step', 'sleep': pos['sleep'], **m})
+      if self.mlog is not None:
+        self.mlog.write_scalars(self._ks_count + step, {f'sleep/{k}': v for k, v in m.items() if k != 'step'})
+      if c.checkpoint.sleep_every and step % c.checkpoint.sleep_every == 0 and step < rt.kcfg.steps:
+        pos['save_id'] += 1
+        self._save(dict(pos, phase='sleep', ks_step=step), st)
+
+    self._ks_count = sum(e.get('event') == 'ks_step' for e in self.log_lines) - int(pos.get('ks_step', 0))
+    st, hist = rt.seeder.run(teacher, student, index, view, items, rng, state=ks_state, on_step=on_step,
+                             progress_desc=f"sleep {pos['sleep']} ({pos['kind']})")
+    params = ks.commit(student['params'], st, index, view)
+    cms = student['cms']
+    new_state = dict(self.state, params=params, cms=cms)
+    if pos['kind'] == 'protocol':
+      sender = pos['receiver'] - 1
+      _, new_opt = ks.sender_update(self.state, rt.wcfg, sender)
+      new_state = ks.protocol_apply(self.state, rt.wcfg, sender, params, cms, new_opt)
+    probe_after = rt.probe(new_state['params'], new_state['cms'])
+    rise = (probe_after - probe_before) / probe_before
+    ok = rise <= c.sleep.max_probe_regression
+    event = {'event': 'sleep', 'sleep': pos['sleep'], 'kind': pos['kind'], 'docs': [d['id'] for d in docs],
+             'probe_nll_before': probe_before, 'probe_nll_after': probe_after, 'probe_rise': rise,
+             'committed': bool(ok), 'seconds': time.perf_counter() - t0, 'ks_history': hist,
+             'expert_index': {k: int(v) for k, v in index.items()}}
+    if ok:
+      self.state = jax.device_put(new_state, rt.shard)
+    else:
+      event['why'] = (f'retention probe NLL rose {100 * rise:.1f}% ({probe_before:.4f} -> {probe_after:.4f}), '
+                      f'above sleep.max_probe_regression={c.sleep.max_probe_regression}; kept the pre-sleep state')
+      if pos['kind'] == 'protocol':   # the sender's update is still owed: apply it without consolidation
+        self.state = jax.device_put(apply_held(self.state, rt.wcfg, [pos['receiver'] - 1]), rt.shard)
+      print(f"sleep {pos['sleep']} rejected: {event['why']}")
+      log.warning('sleep %d rejected: %s', pos['sleep'], event['why'])
+    if pos['kind'] == 'protocol':
+      self.state = jax.device_put(apply_held(self.state, rt.wcfg, [pos['receiver']]), rt.shard)
+    self.log_lines.append({k: v for k, v in event.items() if k != 'ks_history'})
+    return event
+
+  # ---- run -----------------------------------------------------------------------------------
+  def run(self, docs: list[dict]) -> list[dict]:
+    """Wake over `docs` one per step; sleep when the buffer fills (and at level boundaries with protocol)."""
+    from sleep_jax.metrics import MetricLogger, progress
+    rt, c = self.rt, self.config
+    per_sleep = c.cycle.docs_per_sleep
+    self.mlog = mlog = MetricLogger(self.workdir)
+    restored = self._restore()
+    pos = {'doc': 0, 'sleep': 0, 'buffer': [], 'phase': 'wake', 'save_id': 0}
+    ks_state = None
+    if restored:
+      pos, ks_state = restored
+      if pos['phase'] == 'sleep':
+        by_id = {d['id']: d for d in docs}
+        self.sleep([by_id[i] for i in pos['buffer']], pos, ks_state)
+        pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[] if pos['kind'] == 'context' else pos['buffer'],
+                   save_id=pos['save_id'] + 1)
+        if len(pos['buffer']) >= per_sleep:   # a context sleep was due at the same document
+          pos.update(phase='sleep', kind='context', ks_step=0)
+          self.sleep([by_id[i] for i in pos['buffer']], pos)
+          pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
+        for k in ('ks_step', 'kind', 'receiver'):
+          pos.pop(k, None)
+        self._save(pos)
+    live = [l for l in range(1, rt.wcfg.n_levels) if rt.wcfg.periods[l] > 0 and rt.wcfg.lrs[l - 1] > 0]
+    bar = progress(range(pos['doc'], len(docs)), desc='wake')
+    for i in bar:
+      doc = docs[i]
+      step_no = int(self.state['step']) + 1
+      hold = np.zeros((rt.wcfg.n_levels,), bool)
+      fire = [l for l in live if c.cycle.protocol and step_no % rt.wcfg.periods[l] == 0]
+      for l in fire:
+        hold[l - 1] = hold[l] = True
+      batch = jax.device_put(doc_batch(rt.b.tokenizer, doc, c.cycle.seq_len, rt.rows), rt.batch_sh)
+      self.state, m = rt.step_fn(self.state, batch, hold)
+      loss = float(m['loss'])
+      if not np.isfinite(loss):
+        raise FloatingPointError(f'wake: non-finite loss {loss} at document {i} ({doc["id"]})')
+      mlog.write_scalars(step_no, {'wake/loss': loss})
+      bar.set_metrics({'loss': loss})
+      pos['buffer'].append(doc['id'])
+      pos['doc'] = i + 1
+      for l in fire[-1:]:   # the slowest firing level receives (its sender is l - 1)
+        pos.update(phase='sleep', kind='protocol', receiver=l, ks_step=0, save_id=pos['save_id'] + 1)
+        self._save(pos)
+        by_id = {d['id']: d for d in docs}
+        self.sleep([by_id[j] for j in pos['buffer']], pos)
+        pos.update(phase='wake', sleep=pos['sleep'] + 1)
+      if len(pos['buffer']) >= per_sleep or (i + 1 == len(docs) and pos['buffer'] and c.cycle.sleep_at_end):
+        pos.update(phase='sleep', kind='context', ks_step=0, save_id=pos['save_id'] + 1)
+        self._save(pos)
+        by_id = {d['id']: d for d in docs}
+        self.sleep([by_id[j] for j in pos['buffer']], pos)
+        pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
+      for k in ('ks_step', 'kind', 'receiver'):
+        pos.pop(k, None)
+      pos['save_id'] += 1
+      self._save(pos)
+    rt.ckpt.wait()
+    mlog.close()
+    return self.log_lines

@@ -1,0 +1,121 @@
+"""The wake/sleep cycle: the main job's smoke run, resume in the middle of a sleep, safe sleep, the protocol
+inside the cycle, and a user's own documents."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs import sleep as sleep_config
+from sleep_jax import build as build_lib
+from sleep_jax import jobs
+from sleep_jax.data import documents
+from sleep_jax.phases import cycle as cycle_lib
+from tests import helpers
+
+PROBE = ['The quick brown fox jumps over the lazy dog. ' * 20]
+
+
+def _config(**ks):
+  c = sleep_config.get_config('smoke')
+  with c.unlocked():
+    c.knowledge.with_context_eval = False
+    c.sleep.ks.gamma = 0.0
+    c.sleep.ks.update(ks)
+  return c
+
+
+def _flat(t):
+  return {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(t)).items()}
+
+
+def _cycle(c, workdir):
+  b = build_lib.build(c, mesh=helpers.mesh())
+  return cycle_lib.Cycle(c, str(workdir), b, PROBE), b
+
+
+def test_sleep_job_smoke(tmp_path):
+  res = jobs.sleep(_config(), str(tmp_path))
+  assert len(res['sleeps']) == 1 and res['sleeps'][0]['committed']
+  assert res['n_questions'] > 0 and 0 <= res['after']['no_context']['recall'] <= 100
+  assert np.isfinite(res['after']['probe_nll'])
+  on_disk = json.loads((tmp_path / 'results.json').read_text())
+  assert on_disk['before']['no_context']['n'] == res['n_questions']
+  # The sleep trained one new expert per receiver layer, and it is active.
+  assert res['sleeps'][0]['expert_index'] == {'layers_0': 0}
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch):
+  c = _config(steps=3)
+  docs = jobs.load_docs(c)
+  ref, _ = _cycle(c, tmp_path / 'ref')
+  ref.run(docs)
+
+  save = cycle_lib.Cycle._save
+
+  def save_then_die(self, pos, ks_state=None):
+    save(self, pos, ks_state)
+    if pos.get('phase') == 'sleep' and pos.get('ks_step') == 2:
+      raise _Killed()
+
+  monkeypatch.setattr(cycle_lib.Cycle, '_save', save_then_die)
+  first, _ = _cycle(c, tmp_path / 'cut')
+  with pytest.raises(_Killed):
+    first.run(docs)
+  monkeypatch.setattr(cycle_lib.Cycle, '_save', save)
+  second, _ = _cycle(c, tmp_path / 'cut')
+  events = second.run(docs)
+  assert [e['sleep'] for e in events if e.get('event') == 'sleep'] == [0]
+  a, b = _flat(ref.state['params']), _flat(second.state['params'])
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_safe_sleep_rejects_a_regression_and_keeps_the_pre_sleep_state(tmp_path):
+  c = _config(steps=2, lr=0.5)
+  with c.unlocked():
+    c.sleep.max_probe_regression = -1.0      # any sleep "regresses": the guard must reject it
+  cyc, b = _cycle(c, tmp_path)
+  before = _flat(b.params)
+  events = cyc.run(jobs.load_docs(c))
+  sleep = [e for e in events if e.get('event') == 'sleep'][0]
+  assert not sleep['committed'] and 'kept the pre-sleep state' in sleep['why']
+  after = _flat(cyc.state['params'])
+  for k in before:
+    np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+  assert not np.asarray(cyc.state['cms']['layers_0']['mlp']['active']).any()
+
+
+def test_protocol_consolidates_level_0_into_level_1_at_its_boundary(tmp_path):
+  c = _config(steps=2)
+  with c.unlocked():
+    c.wake.update(dict(n_levels=2, base_period=2, factor=2, lr=0.05))
+    c.cycle.update(dict(protocol=True, docs_per_sleep=100, sleep_at_end=False))
+    c.knowledge.n_docs = 4
+  cyc, _ = _cycle(c, tmp_path)
+  events = cyc.run(jobs.load_docs(c))
+  sleeps = [e for e in events if e.get('event') == 'sleep']
+  assert [(e['kind'], e['committed']) for e in sleeps] == [('protocol', True)]
+  assert np.asarray(cyc.state['cms']['layers_1']['mlp']['active']).sum() == 1   # the receiver's new expert
+  assert not np.asarray(cyc.state['cms']['layers_0']['mlp']['active']).any()
+  assert all(np.all(np.asarray(a) == 0) for a in jax.tree.leaves(cyc.state['acc']))
+
+
+def test_user_documents_through_the_config(tmp_path):
+  path = tmp_path / 'mine.jsonl'
+  path.write_text('{"text": "The Orvane bridge is painted teal.", "qa": [["What colour is the Orvane bridge?", '
+                  '"teal"]]}\n{"id": "x2", "text": "Pelmor was founded in 1602."}\n')
+  c = _config()
+  with c.unlocked():
+    c.knowledge.documents = str(path)
+  docs = jobs.load_docs(c)
+  assert [d['id'] for d in docs] == ['doc-00001', 'x2'] and docs[0]['questions'][0]['answer'] == 'teal'
+  path.write_text('{"text": "ok"}\nnot json\n{"qa": []}\n')
+  with pytest.raises(ValueError, match=r'mine.jsonl:2:.*\n.*mine.jsonl:3:'):
+    jobs.load_docs(c)
+  assert documents.load_jsonl  # the loader the job uses
