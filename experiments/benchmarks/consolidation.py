@@ -1,0 +1,107 @@
+"""Where the time of one Knowledge Seeding update goes: sampling, teacher scoring, the student update.
+
+One update (configs/sleep.py defaults: 1 prompt x (1 teacher sample + G=4 student completions), 32 new tokens,
+SmolLM2-135M with a new rank-16 expert in each of the 15 level-0 layers) is split into
+  student sampling    the on-policy completions (the one Sampler)
+  rewards             r_abs (+ the judge's r_sem when gamma > 0), host side
+  teacher scoring     the teacher's forward over its rows (context + prompt + completion), timed alone
+  update step         the whole jitted step: teacher forward + student forward/backward + AdamW on the expert
+  (student fwd/bwd + optimizer = update step - teacher scoring)
+plus the once-per-sleep teacher sampling. Median of --reps timed repetitions after a warm-up (compilation).
+
+  python -m experiments.benchmarks.consolidation --reps=3
+"""
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging  # noqa: E402
+
+_REPS = flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
+_SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny random model (checks the script runs).')
+
+
+def _median_time(fn, reps):
+  fn()   # warm-up: compilation
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return sorted(ts)[len(ts) // 2]
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  import numpy as np
+  from configs import sleep as sleep_config
+  from sleep_jax import build as build_lib
+  from sleep_jax import jobs
+  from sleep_jax.phases import consolidate as ks
+  from sleep_jax.phases import cycle as cycle_lib
+  from sleep_jax.rewards import Judge
+
+  config = sleep_config.get_config('smoke' if _SMOKE.value else '')
+  b = build_lib.build(config)
+  tok = b.tokenizer
+  sampler = jobs.make_sampler(b, config)
+  kcfg = ks.KSConfig.from_config(config.sleep.ks)
+  judge = Judge(b.model, tok, prompt_buckets=config.sampling.prompt_buckets) if kcfg.gamma > 0 else None
+  seeder = ks.Seeder(b.model, kcfg, tok, sampler, judge=judge)
+  layers = ks.layers_of_level(jobs.wake_config(config, b.cfg), config.sleep.receiver_level)
+  sp, cms, index = ks.expand_student(b.params, b.cms, layers)
+  view = ks.View(layers, True)
+  teacher, student = {'params': b.params, 'cms': b.cms}, {'params': sp, 'cms': cms}
+  docs = jobs.load_docs(config)[:1]
+  items = cycle_lib.context_items(tok, docs, tuple(config.sleep.templates), 0, config.sleep.prefix_prompts)
+  items = items[:kcfg.prompts_per_step]
+  reps = _REPS.value
+
+  t_teacher_sample = _median_time(lambda: seeder.teacher_samples(teacher, items, jax.random.key(0)), reps)
+  samples = seeder.teacher_samples(teacher, items, jax.random.key(0))
+  state = ks.init_state(sp, index, view, seeder.tx)
+  frozen = {'teacher': teacher, 'student': student, 'index': ks._index_arrays(index)}
+  merged = ks.commit(sp, state, index, view)
+
+  # step_batch = student sampling + rewards; time sampling alone with the same prompts to split them.
+  t_batch = _median_time(lambda: seeder.step_batch(items, samples, merged, cms, teacher, jax.random.key(1)), reps)
+  cuts = [len(d) // 4 for d in samples]
+  prompts = [it.student + d[:c] for it, d, c in zip(items, samples, cuts) for _ in range(kcfg.group_size)]
+  t_sample = _median_time(lambda: sampler(merged, prompts, max_new_tokens=kcfg.max_new_tokens, rng=jax.random.key(2),
+                                          temperature=kcfg.temperature, cms=cms), reps)
+  batch, _ = seeder.step_batch(items, samples, merged, cms, teacher, jax.random.key(1))
+  batch = jax.device_put(batch)
+  N = batch['targets'].shape[1]
+  score = jax.jit(lambda p, c, t, v: ks._forward_tail(b.model, p, c, t, v, N + 1)[:, :N].sum())
+  t_score = _median_time(lambda: score(teacher['params'], teacher['cms'], batch['t_tokens'],
+                                       batch['t_valid']).block_until_ready(), reps)
+  update = seeder.update_fn(view)
+
+  def one_update():
+    nonlocal state
+    state, m = update(state, frozen, batch)
+    jax.block_until_ready(m)
+
+  t_update = _median_time(one_update, reps)
+  t_rewards = max(t_batch - t_sample, 0.0)
+  total = t_batch + t_update
+  rows = [('teacher sampling (once per sleep, %d prompt(s))' % len(items), t_teacher_sample, None),
+          ('student sampling (%d completions x %d tokens)' % (len(prompts), kcfg.max_new_tokens), t_sample, total),
+          ('rewards (r_abs%s) + batch assembly' % (' + judge' if judge else ''), t_rewards, total),
+          ('teacher scoring (%d rows x %d tokens, forward)' % batch['t_tokens'].shape, t_score, total),
+          ('student forward/backward + AdamW (update - teacher)', max(t_update - t_score, 0.0), total),
+          ('whole update step (jitted)', t_update, total),
+          ('one Knowledge Seeding update in all', total, total)]
+  print(f'\nKnowledge Seeding update, {b.cfg.num_params() / 1e6:.0f}M params, {jax.device_count()} '
+        f'{jax.default_backend()} device(s), {os.cpu_count()} CPUs, median of {reps}\n')
+  print('| part | seconds | share of an update |')
+  print('|---|---:|---:|')
+  for name, t, tot in rows:
+    print(f'| {name} | {t:.2f} | {"" if tot is None else f"{100 * t / tot:.0f}%"} |')
+
+
+if __name__ == '__main__':
+  app.run(main)

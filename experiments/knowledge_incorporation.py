@@ -1,0 +1,198 @@
+"""Knowledge incorporation with Knowledge Seeding and its ablations (PAPER sec. 5, first row), single-passage setting.
+
+For each seed, `--passages` held-out passages are drawn (seeded); each variant starts from the same pre-sleep
+model, consolidates one passage at a time (context -> MLP, a fresh expert per passage), and is scored on that
+passage's questions without the passage, then reset. Variants:
+
+  before            no update
+  ks                Knowledge Seeding (GKD + LTI), one new expert per layer of CMS level 0
+  ks_no_lti         alpha = 1 (divergence only)
+  ks_no_div         alpha = 0 (LTI policy gradient only)
+  ks_no_expand      the receivers' base MLP weights trained instead of a new expert
+  finetune          plain fine-tuning of all weights on the passage text (next-token loss)
+  ceiling           the teacher: the pre-sleep model with the passage in its prompt
+
+Also the retention probe (NLL on validation essays) before and after each variant. Results: a markdown table,
+results.json and a bar plot in --workdir.
+
+  python -m experiments.knowledge_incorporation --workdir=runs/ki --seeds=0,1,2 --passages=1
+  python -m experiments.knowledge_incorporation --workdir=/tmp/ki --split=validation   # for tuning
+Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3
+"""
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/sleep.py', 'Base config.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
+_PASSAGES = flags.DEFINE_integer('passages', 1, 'Passages per seed.')
+_SPLIT = flags.DEFINE_string('split', 'test', "Passage split; 'test' is the held-out final evaluation.")
+_VARIANTS = flags.DEFINE_list('variants', ['ks', 'ks_no_lti', 'ks_no_div', 'ks_no_expand', 'finetune'],
+                              'Variants to run (before and ceiling always run).')
+_FT_STEPS = flags.DEFINE_integer('ft_steps', 8, 'Fine-tuning baseline: updates on the passage.')
+_FT_LR = flags.DEFINE_float('ft_lr', 3e-5, 'Fine-tuning baseline: AdamW learning rate (all weights).')
+
+KS_VARIANTS = {'ks': {}, 'ks_no_lti': {'alpha': 1.0}, 'ks_no_div': {'alpha': 0.0}, 'ks_no_expand': {'expand': False}}
+
+
+def finetune(b, config, passage, steps, lr):
+  """Plain fine-tuning on the passage text: all weights, AdamW, next-token loss."""
+  import jax
+  import ml_collections as mlc
+  from sleep_jax import sharding, train
+  from sleep_jax.phases.cycle import doc_batch
+  optim = mlc.ConfigDict(dict(config.optim))
+  optim.lr = lr
+  tx = train.make_optimizer(optim, b.params)
+  copy = lambda t: jax.tree.map(lambda x: x.copy(), t)     # the train step donates its state
+  state = train.init_state(copy(b.params), tx, copy(b.cms))
+  shard = train.state_shardings(state, b.shardings, b.mesh)
+  batch_sh = sharding.batch_sharding(b.mesh, b.rules)
+  step = train.make_train_step(b.model, tx, shard, batch_sh)
+  batch = jax.device_put(doc_batch(b.tokenizer, passage, config.cycle.seq_len, 1), batch_sh)
+  state = jax.device_put(state, shard)
+  for _ in range(steps):
+    state, m = step(state, batch)
+  return state['params'], float(m['loss'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  import numpy as np
+  from sleep_jax import build as build_lib
+  from sleep_jax import evals, jobs
+  from sleep_jax.data import knowledge, long_horizon
+  from sleep_jax.phases import consolidate as ks
+  from sleep_jax.phases import cycle as cycle_lib
+  from sleep_jax.rewards import Judge
+
+  config = _CONFIG.value
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  b = build_lib.build(config)
+  tok = b.tokenizer
+  sampler = jobs.make_sampler(b, config)
+  wcfg = jobs.wake_config(config, b.cfg)
+  layers = ks.layers_of_level(wcfg, config.sleep.receiver_level)
+  probe = evals.Probe(b.model, tok, [t for _, t in long_horizon.split_essays('validation')],
+                      seq_len=config.sleep.probe_seq_len, n_rows=config.sleep.probe_rows)
+  judge = Judge(b.model, tok, prompt_buckets=config.sampling.prompt_buckets)
+  all_passages = knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test')
+  qa = lambda params, cms, docs, ctx=False: evals.qa_eval(
+      sampler, params, cms, tok, docs, with_context=ctx, max_new_tokens=config.knowledge.answer_tokens,
+      desc='qa' + ('+ctx' if ctx else ''))
+  def fact_recall(params, cms, passage, ctx=False):
+    """Diagnostic: % of the passage's answers that the model states when asked a *training* prompt
+    ("Tell me about {title}.", greedy, 96 tokens): did the facts get in at all, whatever the QA format?"""
+    instr = config.sleep.templates[0].format(title=passage['title'])
+    user = f"{passage['text']}\n\n{instr}" if ctx else instr
+    o = sampler(params, [tok.chat_tokens([{'role': 'user', 'content': user}])], max_new_tokens=96,
+                rng=jax.random.key(0), temperature=0.0, cms=cms)
+    text = tok.decode(o.tokens[0][o.mask[0]])
+    return evals.recall([[q['answer'], *q['aliases']] for q in passage['questions']], [text] * len(passage['questions'])), text
+
+  probe0 = probe(b.params, b.cms)
+  rows, t_all, seeders = [], time.perf_counter(), {}
+  out_path = os.path.join(_WORKDIR.value, 'results.json')
+  for seed in map(int, _SEEDS.value):
+    order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
+    for p_i in order[:_PASSAGES.value]:
+      passage = all_passages[p_i]
+      rec = {'seed': seed, 'passage': passage['id'], 'n': len(passage['questions'])}
+      rec['before'] = qa(b.params, b.cms, [passage])
+      rec['before']['fact_recall'], rec['before']['told'] = fact_recall(b.params, b.cms, passage)
+      rec['ceiling'] = qa(b.params, b.cms, [passage], True)
+      rec['ceiling']['fact_recall'], rec['ceiling']['told'] = fact_recall(b.params, b.cms, passage, True)
+      for v in _VARIANTS.value:
+        t0 = time.perf_counter()
+        if v == 'finetune':
+          params, loss = finetune(b, config, passage, _FT_STEPS.value, _FT_LR.value)
+          cms = b.cms
+          extra = {'final_loss': loss}
+        else:
+          kd = dict(config.sleep.ks)
+          kd.update(KS_VARIANTS[v])
+          kcfg = ks.KSConfig.from_config(kd)
+          if v not in seeders:   # one Seeder (one compiled update) per variant, reused across seeds
+            seeders[v] = ks.Seeder(b.model, kcfg, tok, sampler, judge=judge if kcfg.gamma > 0 and kcfg.alpha < 1 else None)
+          seeder = seeders[v]
+          view = ks.View(layers, kcfg.expand)
+          if kcfg.expand:
+            sp, cms, index = ks.expand_student(b.params, b.cms, layers)
+          else:
+            sp, cms, index = b.params, b.cms, {}
+          items = cycle_lib.context_items(tok, [passage], tuple(config.sleep.templates), seed,
+                                          config.sleep.prefix_prompts)
+          st, hist = seeder.run({'params': b.params, 'cms': b.cms}, {'params': sp, 'cms': cms}, index, view, items,
+                                jax.random.key(seed), progress_desc=v)
+          params = ks.commit(sp, st, index, view)
+          extra = {'ks_history': hist}
+        rec[v] = {**qa(params, cms, [passage]), 'probe_nll': probe(params, cms),
+                  'seconds': time.perf_counter() - t0, **extra}
+        rec[v]['fact_recall'], rec[v]['told'] = fact_recall(params, cms, passage)
+        print(f"seed {seed} {passage['id']} {v}: recall {rec[v]['recall']:.1f} F1 {rec[v]['token_f1']:.1f} "
+              f"probe {rec[v]['probe_nll']:.4f} ({rec[v]['seconds']:.0f}s)", flush=True)
+        del params
+      rows.append(rec)
+      with open(out_path + '.tmp', 'w') as f:
+        json.dump({'rows': rows, 'probe_before': probe0, 'config': json.loads(config.to_json()),
+                   'split': _SPLIT.value, **jobs.run_info(config)}, f, indent=1, default=str)
+      os.replace(out_path + '.tmp', out_path)
+  table = summarize(rows, probe0, ['before'] + list(_VARIANTS.value) + ['ceiling'])
+  print(table)
+  with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
+    f.write(table + f'\n\n{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
+            f'{time.perf_counter() - t_all:.0f}s\n')
+  plot(rows, ['before'] + list(_VARIANTS.value) + ['ceiling'], os.path.join(_WORKDIR.value, 'recall.png'))
+
+
+def summarize(rows, probe0, names) -> str:
+  """Mean and spread over seeds (each seed's score = its passages' pooled questions)."""
+  import numpy as np
+  seeds = sorted({r['seed'] for r in rows})
+  lines = [f'| variant | answer recall % | token F1 % | facts stated for a training prompt % | '
+           f'retention probe NLL (before: {probe0:.4f}) |', '|---|---:|---:|---:|---:|']
+  for v in names:
+    per = {'recall': [], 'token_f1': [], 'probe': [], 'facts': []}
+    for s in seeds:
+      rs = [r for r in rows if r['seed'] == s and v in r]
+      n = sum(r['n'] for r in rs)
+      per['recall'].append(sum(r[v]['recall'] * r['n'] for r in rs) / n)
+      per['token_f1'].append(sum(r[v]['token_f1'] * r['n'] for r in rs) / n)
+      if 'fact_recall' in rs[0][v]:
+        per['facts'].append(sum(r[v]['fact_recall'] * r['n'] for r in rs) / n)
+      if 'probe_nll' in rs[0][v]:
+        per['probe'].append(np.mean([r[v]['probe_nll'] for r in rs]))
+    fmt = lambda x: f'{np.mean(x):.1f} ± {np.std(x, ddof=1) if len(x) > 1 else 0:.1f}'
+    pr = f"{np.mean(per['probe']):.4f} ± {np.std(per['probe'], ddof=1) if len(per['probe']) > 1 else 0:.4f}" \
+        if per['probe'] else '-'
+    facts = fmt(per['facts']) if per['facts'] else '-'
+    lines.append(f"| {v} | {fmt(per['recall'])} | {fmt(per['token_f1'])} | {facts} | {pr} |")
+  return '\n'.join(lines)
+
+
+def plot(rows, names, path):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+  seeds = sorted({r['seed'] for r in rows})
+  vals = [[np.mean([r[v]['recall'] for r in rows if r['seed'] == s]) for s in seeds] for v in names]
+  fig, ax = plt.subplots(figsize=(8, 3.5))
+  ax.bar(names, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], color='tab:blue', alpha=0.8)
+  ax.set_ylabel('no-context answer recall (%)')
+  ax.set_title(f'Knowledge incorporation, SmolLM2-135M, {len(seeds)} seeds')
+  plt.xticks(rotation=20)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+if __name__ == '__main__':
+  app.run(main)
