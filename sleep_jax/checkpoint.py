@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -93,7 +94,10 @@ class Checkpointer:
                read_only: bool = False):
     if save_every < 1:
       raise ValueError(f'checkpoint save_every must be >= 1, got {save_every}')
+    # Orbax's tensorstore paths must be absolute: a relative --workdir (runs/main) is resolved here.
     self.workdir = epath.Path(workdir)
+    if '://' not in str(workdir) and not self.workdir.is_absolute():
+      self.workdir = epath.Path(os.path.abspath(str(workdir)))
     self.directory = self.workdir / 'checkpoints'
     self.read_only = read_only
     if not read_only:

@@ -254,3 +254,13 @@ def test_progress_quiet_unless_tty_or_forced():
   bar.update(3)
   bar.close()
   assert 'loud' in buf.getvalue() and 'loss=0.1235' in buf.getvalue() and 'n=4' in buf.getvalue()
+
+
+def test_relative_workdir_is_resolved(tmp_path, monkeypatch):
+  """`--workdir=runs/main` is relative; Orbax needs absolute paths (found by `make run` in a fresh clone)."""
+  monkeypatch.chdir(tmp_path)
+  from sleep_jax.checkpoint import Checkpointer
+  ck = Checkpointer('runs/rel', keep=2)
+  ck.save(1, {'x': jnp.arange(3.0)}, {'k': 1}, force=True)
+  ck.wait()
+  assert ck.directory.is_absolute() and (tmp_path / 'runs/rel/checkpoints/1').exists()
