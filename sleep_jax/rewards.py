@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_jax.models.cms import variables
+from sleep_jax.sampling import left_pad
 
 YES = ('yes', 'Yes', ' yes', ' Yes')
 NO = ('no', 'No', ' no', ' No')
@@ -140,13 +141,7 @@ class Judge:
     if P > max_len:
       raise ValueError(f'judge prompt bucket {P} exceeds model.max_seq_len={max_len}; lower max_chars or '
                        f'prompt_buckets')
-    B = 1 << (len(prompts) - 1).bit_length()
-    toks = np.full((B, P), self.pad_id, np.int32)
-    mask = np.zeros((B, P), bool)
-    for i, p in enumerate(prompts):
-      toks[i, P - len(p):] = p
-      mask[i, P - len(p):] = True
-    return toks, mask
+    return left_pad(prompts, P, self.pad_id, 1 << (len(prompts) - 1).bit_length())
 
   def __call__(self, params, pairs: Sequence[tuple[str, str]], cms=None, *, hard: bool = False) -> np.ndarray:
     """P(same meaning) per pair, float32 [N]; `hard` gives 1.0 where it exceeds 0.5, else 0.0."""

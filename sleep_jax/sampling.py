@@ -38,12 +38,23 @@ class SampleOutput:
     return self.mask.sum(-1)
 
 
-def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
+def bucket(n: int, buckets: Sequence[int], what: str, field: str | None = None) -> int:
+  """The smallest bucket >= n; an error naming `sampling.<field or what>_buckets` when none fits."""
   for b in sorted(buckets):
     if n <= b:
       return b
   raise ValueError(f'{what}={n} exceeds the largest bucket {max(buckets)}; add a larger bucket to '
-                   f'sampling.{what}_buckets')
+                   f'sampling.{field or what}_buckets')
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int, rows: int):
+  """(tokens int32 [rows, length], mask bool) with each prompt right-aligned; extra rows are all padding."""
+  toks = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), bool)
+  for i, p in enumerate(prompts):
+    toks[i, length - len(p):] = p
+    mask[i, length - len(p):] = True
+  return toks, mask
 
 
 def filter_logits(logits_BV, temperature, top_k, top_p, use_top_k: bool, use_top_p: bool):
@@ -162,15 +173,10 @@ class Sampler:
     lens = [len(p) for p in prompts]
     if min(lens) == 0:
       raise ValueError(f'prompt {lens.index(0)} is empty; every prompt needs at least one token')
-    Pn = _bucket(max(lens), self.prompt_buckets, 'prompt')
+    Pn = bucket(max(lens), self.prompt_buckets, 'prompt')
     B = 1 << (len(prompts) - 1).bit_length()
     B = -(-B // self._batch_multiple) * self._batch_multiple
-    toks = np.full((B, Pn), self.pad_id, np.int32)
-    mask = np.zeros((B, Pn), bool)
-    for i, p in enumerate(prompts):
-      toks[i, Pn - len(p):] = p
-      mask[i, Pn - len(p):] = True
-    return toks, mask
+    return left_pad(prompts, Pn, self.pad_id, B)
 
   def __call__(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, rng,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, cms=None,
@@ -182,7 +188,7 @@ class Sampler:
     if not 0.0 < top_p <= 1.0:
       raise ValueError(f'top_p must be in (0, 1], got {top_p}')
     toks, mask = self.pad_prompts(prompts)
-    n_buf = _bucket(max_new_tokens, self.gen_buckets, 'gen')
+    n_buf = bucket(max_new_tokens, self.gen_buckets, 'gen')
     if toks.shape[1] + n_buf > self.cfg.max_seq_len:
       raise ValueError(f'prompt bucket {toks.shape[1]} + generation bucket {n_buf} exceeds '
                        f'model.max_seq_len={self.cfg.max_seq_len}')

@@ -39,6 +39,7 @@ import optax
 from sleep_jax import losses, rewards
 from sleep_jax.models import cms as cms_lib
 from sleep_jax.models.cms import variables
+from sleep_jax.sampling import bucket
 
 Params = Any
 DIVERGENCES = ('jsd', 'fkl', 'rkl')
@@ -262,18 +263,10 @@ class Item:
   source: str = ''
 
 
-def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
-  for b in buckets:
-    if n <= b:
-      return b
-  raise ValueError(f'{what} of {n} tokens exceeds the largest bucket {buckets[-1]}; '
-                   'raise sampling.prompt_buckets or shorten the context')
-
-
 def _pad_rows(rows: list[dict], *, pad_id: int, n_rows: int, buckets: Sequence[int], n_gen: int) -> dict:
   """Rows -> arrays [n_rows, P + n_gen] with left-padded prompts and right-padded completions."""
-  Ps = _bucket(max(len(r['s']) for r in rows), buckets, 'student prompt')
-  Pt = _bucket(max(len(r['t']) for r in rows), buckets, 'teacher prompt')
+  Ps = bucket(max(len(r['s']) for r in rows), buckets, 'student prompt', 'prompt')
+  Pt = bucket(max(len(r['t']) for r in rows), buckets, 'teacher prompt', 'prompt')
   out = {'s_tokens': np.full((n_rows, Ps + n_gen), pad_id, np.int32), 's_valid': np.zeros((n_rows, Ps + n_gen), bool),
          't_tokens': np.full((n_rows, Pt + n_gen), pad_id, np.int32), 't_valid': np.zeros((n_rows, Pt + n_gen), bool),
          'targets': np.full((n_rows, n_gen), pad_id, np.int32), 'weights': np.zeros((n_rows, n_gen), np.float32),
@@ -375,8 +368,8 @@ class Seeder:
                      'pg_w': 1.0 / m, 'adv': float(a)})
       info['completion_tokens'] = float(np.mean([len(y) for y in ys]))
     batch = _pad_rows(rows, pad_id=self.sampler.pad_id, n_rows=self.rows_per_step,
-                      buckets=self.sampler.prompt_buckets, n_gen=_bucket(k.max_new_tokens, self.sampler.gen_buckets,
-                                                                         'completion'))
+                      buckets=self.sampler.prompt_buckets, n_gen=bucket(k.max_new_tokens, self.sampler.gen_buckets,
+                                                                        'completion', 'gen'))
     return batch, info
 
   def run(self, teacher: dict, student: dict, index: dict, view: View, items: list[Item], rng, *,

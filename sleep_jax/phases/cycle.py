@@ -284,6 +284,7 @@ class Cycle:
     from sleep_jax.metrics import MetricLogger, progress
     rt, c = self.rt, self.config
     per_sleep = c.cycle.docs_per_sleep
+    by_id = {d['id']: d for d in docs}
     self.mlog = mlog = MetricLogger(self.workdir)
     restored = self._restore()
     pos = {'doc': 0, 'sleep': 0, 'buffer': [], 'phase': 'wake', 'save_id': 0}
@@ -291,7 +292,6 @@ class Cycle:
     if restored:
       pos, ks_state = restored
       if pos['phase'] == 'sleep':
-        by_id = {d['id']: d for d in docs}
         self.sleep([by_id[i] for i in pos['buffer']], pos, ks_state)
         pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[] if pos['kind'] == 'context' else pos['buffer'],
                    save_id=pos['save_id'] + 1)
@@ -323,13 +323,11 @@ class Cycle:
       for l in fire[-1:]:   # the slowest firing level receives (its sender is l - 1)
         pos.update(phase='sleep', kind='protocol', receiver=l, ks_step=0, save_id=pos['save_id'] + 1)
         self._save(pos)
-        by_id = {d['id']: d for d in docs}
         self.sleep([by_id[j] for j in pos['buffer']], pos)
         pos.update(phase='wake', sleep=pos['sleep'] + 1)
       if len(pos['buffer']) >= per_sleep or (i + 1 == len(docs) and pos['buffer'] and c.cycle.sleep_at_end):
         pos.update(phase='sleep', kind='context', ks_step=0, save_id=pos['save_id'] + 1)
         self._save(pos)
-        by_id = {d['id']: d for d in docs}
         self.sleep([by_id[j] for j in pos['buffer']], pos)
         pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
       for k in ('ks_step', 'kind', 'receiver'):
