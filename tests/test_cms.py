@@ -221,20 +221,26 @@ def test_dream_rng_activates_one_random_inactive_expert_per_layer(base):
   params, cms = base
   ref = fwd(params, cms, TOKS)
   seen = {0: set(), 1: set()}
+  differ = 0
   for seed in range(12):
     logits, inter = fwd_dream(params, cms, TOKS, jax.random.key(seed))
-    manual = cms
-    for i in range(2):
-      before = np.asarray(cms[f'layers_{i}']['mlp']['active'])
-      after = np.asarray(inter[f'layers_{i}']['mlp']['active'][0])
-      extra = np.flatnonzero(after & ~before)
-      assert len(extra) == 1 and (after | ~before).all() and after.sum() == before.sum() + 1
-      seen[i].add(int(extra[0]))
-      manual = set_active(manual, i, int(extra[0]))
-    # same as activating those experts by hand, random B kept (not the function-preserving activation)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(fwd(params, manual, TOKS)), atol=1e-6, rtol=0)
-    assert np.abs(np.asarray(logits) - np.asarray(ref)).max() > 1e-4
+    for b in range(TOKS.shape[0]):            # each row has its own extra expert per layer
+      manual = cms
+      for i in range(2):
+        before = np.asarray(cms[f'layers_{i}']['mlp']['active'])
+        after = np.asarray(inter[f'layers_{i}']['mlp']['active'][0])[b]
+        extra = np.flatnonzero(after & ~before)
+        assert len(extra) == 1 and (after | ~before).all() and after.sum() == before.sum() + 1
+        seen[i].add(int(extra[0]))
+        manual = set_active(manual, i, int(extra[0]))
+      # same as activating those experts by hand, random B kept (not the function-preserving activation)
+      np.testing.assert_allclose(np.asarray(logits[b]), np.asarray(fwd(params, manual, TOKS[b:b + 1])[0]),
+                                 atol=1e-6, rtol=0)
+      assert np.abs(np.asarray(logits[b]) - np.asarray(ref[b])).max() > 1e-4
+    masks = np.asarray(inter['layers_1']['mlp']['active'][0])
+    differ += int((masks != masks[:1]).any())
   assert seen[0] == {1, 3} and seen[1] == {0, 2, 3}      # uniform over the inactive ones
+  assert differ > 0                                       # rows draw independently
   # a full pool: dreaming is a no-op
   full = {k: {'mlp': {'active': jnp.ones(S, bool)}} for k in cms}
   logits, inter = fwd_dream(params, full, TOKS, jax.random.key(0))

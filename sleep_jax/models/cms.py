@@ -18,10 +18,11 @@ Inactive experts are masked with `jnp.where` on A, B, router and gate (never mul
 parameters contribute exactly zero and get exactly zero gradient even when they hold NaN or Inf.
 
 Dreaming: when the apply call provides an rng stream 'dream' (`rngs={'dream': key}`), every CMS block
-also activates one uniformly random inactive expert for that call (none if the pool is full); its random
-B injects novelty. The choice is a function of the key and the module path only, so a sampler that passes the
-same 'dream' key to prefill and every decode step keeps the same extra experts for the whole generation.
-The effective mask is sown as intermediates 'active'.
+also activates, for each batch row, one uniformly random inactive expert (none if the pool is full); its random
+B injects novelty, and different rows (different dreams) get independent draws. The choice is a function of the
+key, the module path and the row only, so a sampler that passes the same 'dream' key to prefill and every decode
+step keeps the same extra experts for the whole generation. The effective mask is sown as intermediates
+'active', bool [B, S].
 """
 from __future__ import annotations
 
@@ -75,16 +76,21 @@ class CMSMLP(MLP):
     a_SDR = _param(self, 'expert_a', _init(expert_a_std(D)), (S, D, R), ('expert', 'embed', 'rank'), pdt)
     b_SRD = _param(self, 'expert_b', _init(expert_b_std(R)), (S, R, D), ('expert', 'rank', 'embed'), pdt)
     active_S = self.variable('cms', 'active', lambda: jnp.zeros((S,), bool)).value
-    if self.has_rng('dream'):
-      active_S = dream_mask(self.make_rng('dream'), active_S)
-    self.sow('intermediates', 'active', active_S)
+    B = x_BLD.shape[0]
+    if self.has_rng('dream'):   # each row (each dream) gets its own random extra expert
+      keys_B = jax.random.split(self.make_rng('dream'), B)
+      active_BS = jax.vmap(dream_mask, in_axes=(0, None))(keys_B, active_S)
+    else:
+      active_BS = jnp.broadcast_to(active_S, (B, S))
+    used_S = active_BS.any(axis=0)
+    self.sow('intermediates', 'active', active_BS)
 
     x = x_BLD.astype(dt)
     # where (not multiply): garbage in an inactive expert can neither leak forward nor receive gradient.
-    router_DS = jnp.where(active_S[None, :], router_DS, 0).astype(dt)
-    a_SDR = jnp.where(active_S[:, None, None], a_SDR, 0).astype(dt)
-    b_SRD = jnp.where(active_S[:, None, None], b_SRD, 0).astype(dt)
-    g_BLS = jnp.where(active_S, jax.nn.sigmoid(x @ router_DS), 0).astype(dt)
+    router_DS = jnp.where(used_S[None, :], router_DS, 0).astype(dt)
+    a_SDR = jnp.where(used_S[:, None, None], a_SDR, 0).astype(dt)
+    b_SRD = jnp.where(used_S[:, None, None], b_SRD, 0).astype(dt)
+    g_BLS = jnp.where(active_BS[:, None, :], jax.nn.sigmoid(x @ router_DS), 0).astype(dt)
     z_BLSR = jnp.einsum('bld,sdr->blsr', x, a_SDR) * g_BLS[..., None]
     return y_BLD + jnp.einsum('blsr,srd->bld', z_BLSR, b_SRD)
 
