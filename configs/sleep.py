@@ -2,14 +2,18 @@
 
 While awake the model reads a few generated passages about invented entities (one per wake step, kept in
 the memory buffer); then it sleeps: Knowledge Seeding distils the model that reads the passages (teacher)
-into a new low-rank expert per layer of the first CMS level of the model that does not (student). No-context
+into a new low-rank expert per layer of the first CMS level of the model that does not (student), then it
+dreams (implications, restatements and QA pairs of each passage, kept when an isolated fine-tune on them
+helps, learned by ReST-EM) into the same experts. No-context
 question answering is measured before and after, the with-context answers are the ceiling, and a retention
 probe guards the sleep (safe sleep). Results go to <workdir>/results.json.
 
   python -m experiments.main --config=configs/sleep.py --workdir=runs/main
   python -m experiments.main --config=configs/sleep.py:smoke --workdir=/tmp/sleep_smoke
   Your own documents: --config.knowledge.documents=/path/docs.jsonl  (format: sleep_jax/data/documents.py)
-  Ablations: --config.sleep.ks.alpha=1 (no LTI), =0 (no divergence), --config.sleep.ks.expand=False
+  Ablations: --config.sleep.ks.alpha=1 (no LTI), =0 (no divergence), --config.sleep.ks.expand=False,
+             --config.sleep.dream.enabled=False (no Dreaming), --config.sleep.dream.selection=random,
+             --config.sleep.dream.random_expert=False
 Re-running the same command resumes from the newest checkpoint in --workdir.
 """
 import ml_collections as mlc
@@ -33,7 +37,13 @@ def sleep_fields() -> mlc.ConfigDict:
           # unrelated pairs alike (p_yes ~0.2 for both, README), so r_sem is mostly noise here: 0.1.
           gamma=0.1, z0_frac=0.5, reward_unit='token', judge_hard=False,
           lr=5e-3, b1=0.9, b2=0.95, grad_clip=1.0, max_new_tokens=32, temperature=1.0,
-          teacher_temperature=1.0, prefix_max_frac=0.5, expand=True))))
+          teacher_temperature=1.0, prefix_max_frac=0.5, expand=True)),
+      # Dreaming (phases/dream.py), after consolidation in every sleep. Sizes chosen for 2 CPU cores (one round
+      # on one passage: ~1-1.5 min with SmolLM2-135M; benchmarks/dreaming.py), not tuned on test.
+      dream=mlc.ConfigDict(dict(
+          enabled=True, n_dreams=6, top_k=2, n_random=1, selection='cosine', random_expert=True, rounds=2,
+          max_new_tokens=48, temperature=1.0, inner_steps=2, inner_lr=1e-2, mstep_steps=2, lr=5e-3,
+          grad_clip=1.0, generator_weight=1.0, memory_weight=1.0, reward_margin=0.0, probe_rows=6))))
 
 
 def get_config(arg: str = '') -> mlc.ConfigDict:
@@ -63,6 +73,8 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
     c.cycle.update(dict(docs_per_sleep=2, seq_len=256))
     c.sleep.update(dict(prefix_prompts=1, probe_seq_len=32))
     c.sleep.ks.update(dict(steps=2, max_new_tokens=8, prompts_per_step=2, group_size=2))
+    c.sleep.dream.update(dict(n_dreams=4, top_k=1, n_random=1, rounds=2, max_new_tokens=8, inner_steps=2,
+                              mstep_steps=2, probe_rows=2))
     c.sampling.prompt_buckets = (64, 128, 256, 384)
     c.sampling.gen_buckets = (8, 16)
     c.checkpoint.sleep_every = 1

@@ -232,11 +232,15 @@ def load_docs(config) -> list[dict]:
     order = np.random.default_rng([config.seed, 0x5ee9]).permutation(len(docs))
     docs = [docs[i] for i in order]
   docs = docs[:k.n_docs] if k.n_docs else docs
-  if k.max_doc_chars:   # fit small context windows: cut at the last sentence end before the limit
-    cut = lambda t: t if len(t) <= k.max_doc_chars else t[:max(t.rfind('.', 0, k.max_doc_chars) + 1, 1) or
-                                                           k.max_doc_chars]
-    docs = [dict(d, text=cut(d['text'])) for d in docs]
-  return docs
+  return cut_docs(docs, k.max_doc_chars)
+
+
+def cut_docs(docs: list[dict], max_chars: int) -> list[dict]:
+  """Fit small context windows: cut each text at the last sentence end before `max_chars` (0: unchanged)."""
+  if not max_chars:
+    return docs
+  cut = lambda t: t if len(t) <= max_chars else t[:max(t.rfind('.', 0, max_chars) + 1, 1) or max_chars]
+  return [dict(d, text=cut(d['text'])) for d in docs]
 
 
 def _qa(tag, sampler, params, cms, tok, docs, config, with_context=False):
@@ -281,6 +285,7 @@ def sleep(config, workdir: str) -> dict:
   res = {'job': 'sleep', 'docs': [d['id'] for d in docs], 'n_questions': sum(len(d.get('questions', [])) for d in docs),
          'before': before, 'after': after, 'sleeps': sleeps,
          'ks_steps': [e for e in events if e.get('event') == 'ks_step'],
+         'dream_rounds': [e for e in events if e.get('event') == 'dream_round'],
          'ks': dict(config.sleep.ks), 'seconds': time.perf_counter() - t_start, **run_info(config)}
   _write_json(os.path.join(workdir, 'results.json'), res)
   lines = ['| model | answer recall % | exact match % | token F1 % | questions |', '|---|---:|---:|---:|---:|']
@@ -290,6 +295,14 @@ def sleep(config, workdir: str) -> dict:
   if before.get('with_context'):
     lines.append(_score_line('teacher with context (ceiling)', before['with_context']))
   print('\n' + '\n'.join(lines))
+  if res['dream_rounds']:
+    from sleep_jax.phases import dream
+    png = os.path.join(workdir, 'dream_rewards.png')
+    dream.plot_reward_rates({'this run': [[e['reward_rate'] for e in res['dream_rounds'] if e['sleep'] == s]
+                                          for s in sorted({e['sleep'] for e in res['dream_rounds']})]}, png,
+                            title='Dreaming: ReST-EM reward rate per round (one line per sleep)')
+    print('dreaming reward rate per round: ' + ', '.join(
+        f"sleep {e['sleep']} round {e['round']}: {e['reward_rate']:.2f}" for e in res['dream_rounds']) + f' ({png})')
   print(f"retention probe NLL {before['probe_nll']:.4f} -> {after['probe_nll']:.4f}; "
         f"{sum(e['committed'] for e in sleeps)}/{len(sleeps)} sleeps committed; {res['seconds']:.0f}s in all; "
         f"results in {os.path.join(workdir, 'results.json')}")

@@ -17,12 +17,13 @@ from tests import helpers
 PROBE = ['The quick brown fox jumps over the lazy dog. ' * 20]
 
 
-def _config(**ks):
+def _config(dream=False, **ks):
   c = sleep_config.get_config('smoke')
   with c.unlocked():
     c.knowledge.with_context_eval = False
     c.sleep.ks.gamma = 0.0
     c.sleep.ks.update(ks)
+    c.sleep.dream.enabled = dream
   return c
 
 
@@ -36,8 +37,11 @@ def _cycle(c, workdir):
 
 
 def test_sleep_job_smoke(tmp_path):
-  res = jobs.sleep(_config(), str(tmp_path))
+  res = jobs.sleep(_config(dream=True), str(tmp_path))
   assert len(res['sleeps']) == 1 and res['sleeps'][0]['committed']
+  # Dreaming ran after consolidation: one record per ReST-EM round, and the reward plot
+  assert [e['round'] for e in res['dream_rounds']] == [1, 2] and 'dream_committed' in res['sleeps'][0]
+  assert all(0 <= e['reward_rate'] <= 1 for e in res['dream_rounds']) and (tmp_path / 'dream_rewards.png').exists()
   assert res['n_questions'] > 0 and 0 <= res['after']['no_context']['recall'] <= 100
   assert np.isfinite(res['after']['probe_nll'])
   on_disk = json.loads((tmp_path / 'results.json').read_text())
@@ -50,17 +54,20 @@ class _Killed(Exception):
   pass
 
 
-def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch):
-  c = _config(steps=3)
+@pytest.mark.parametrize('stage', ['ks', 'dream'])
+def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch, stage):
+  """Killed after a saved Knowledge Seeding update, or after a saved Dreaming round: the resumed run ends with
+  exactly the parameters of an uninterrupted one."""
+  c = _config(dream=stage == 'dream', steps=3)
   docs = jobs.load_docs(c)
   ref, _ = _cycle(c, tmp_path / 'ref')
   ref.run(docs)
 
   save = cycle_lib.Cycle._save
 
-  def save_then_die(self, pos, ks_state=None):
-    save(self, pos, ks_state)
-    if pos.get('phase') == 'sleep' and pos.get('ks_step') == 2:
+  def save_then_die(self, pos, ks_state=None, dream_state=None):
+    save(self, pos, ks_state, dream_state)
+    if pos.get('phase') == 'sleep' and (pos.get('ks_step') == 2 if stage == 'ks' else pos.get('dream_round') == 1):
       raise _Killed()
 
   monkeypatch.setattr(cycle_lib.Cycle, '_save', save_then_die)
@@ -74,6 +81,37 @@ def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch)
   a, b = _flat(ref.state['params']), _flat(second.state['params'])
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  rates = lambda evs: [e['reward_rate'] for e in evs if e.get('event') == 'dream_round']
+  assert rates(events) == rates(ref.log_lines) and len(rates(events)) == (2 if stage == 'dream' else 0)
+
+
+def test_dreaming_that_hurts_retention_is_dropped_but_consolidation_kept(tmp_path):
+  c = _config(dream=True, steps=2)
+  cyc, _ = _cycle(c, tmp_path)
+  calls = []
+  real = cyc.rt.probe
+
+  def probe(params, cms):   # before, after KS: real values; after dreaming: a large regression
+    calls.append(1)
+    v = real(params, cms)
+    return v * 2 if len(calls) == 3 else v
+
+  cyc.rt.probe = probe
+  dreamed = {}
+  real_dream = cyc._dream
+
+  def _dream(*a, **k):
+    out = real_dream(*a, **k)
+    dreamed['ks_params'] = _flat(a[2])
+    return out
+
+  cyc._dream = _dream
+  events = cyc.run(jobs.load_docs(c))
+  sleep = [e for e in events if e.get('event') == 'sleep'][0]
+  assert sleep['committed'] and not sleep['dream_committed'] and 'without the dreams' in sleep['dream_why']
+  got = _flat(cyc.state['params'])
+  for k, v in dreamed['ks_params'].items():     # the state is the consolidated model, not the dreamed one
+    np.testing.assert_array_equal(v, got[k], err_msg=k)
 
 
 def test_safe_sleep_rejects_a_regression_and_keeps_the_pre_sleep_state(tmp_path):

@@ -386,6 +386,8 @@ class Seeder:
     index_a = _index_arrays(index)
     if state is None:
       state = init_state(student['params'], index, view, self.tx)
+    if int(state['step']) >= k.steps:   # a resumed sleep past this stage: nothing to sample or train
+      return state, []
     frozen = {'teacher': teacher, 'student': student, 'index': index_a}
     t0 = time.perf_counter()
     samples = self.teacher_samples(teacher, items, jax.random.fold_in(rng, 0))

@@ -16,7 +16,11 @@ Safe sleep: before a consolidation is committed the retention probe (NLL on held
 before) is measured; a relative rise above `sleep.max_probe_regression` rejects it, the pre-sleep state is kept
 and the reason is logged. Checkpoints hold the pre-sleep wake state throughout a sleep (plus the sleep's own
 small state), so the pre-sleep model is never lost before the new one is committed, and a run can stop and
-resume anywhere: between wake steps or between Knowledge Seeding updates.
+resume anywhere: between wake steps, between Knowledge Seeding updates, or between Dreaming rounds.
+
+Dreaming (`sleep.dream.enabled`, phases/dream.py) runs after a committed consolidation, on the consolidated
+model, training the same new experts; if it alone pushes the retention probe over the limit, the consolidated
+model is kept without it.
 """
 from __future__ import annotations
 
@@ -33,10 +37,12 @@ import numpy as np
 
 from sleep_jax import evals, sharding
 from sleep_jax.phases import consolidate as ks
+from sleep_jax.phases import dream as dream_lib
 from sleep_jax.phases import wake as wake_lib
 
 log = logging.getLogger(__name__)
 
+SLEEP_KEYS = ('ks_step', 'kind', 'receiver', 'stage', 'dream_round')   # position fields that live only in a sleep
 TEMPLATES = ('Tell me about {title}.', 'Complete the sentence: {prefix}')
 
 
@@ -137,6 +143,7 @@ class Runtime:
   batch_sh: Any
   sampler: Any
   seeder: Any
+  dreamer: Any   # None when sleep.dream.enabled is False
   probe: Any
   ckpt: Any
   rows: int
@@ -168,8 +175,12 @@ class Cycle:
                        batch_sharding=batch_sh)
     probe = evals.Probe(b.model, b.tokenizer, probe_texts, seq_len=config.sleep.probe_seq_len,
                         n_rows=max(config.sleep.probe_rows, n_shards))
+    self.dcfg = dream_lib.DreamConfig.from_config(config.sleep.dream) if 'dream' in config.sleep \
+        else dream_lib.DreamConfig()
+    dreamer = dream_lib.Dreamer(b.model, self.dcfg, b.tokenizer, sampler, batch_multiple=n_shards,
+                                batch_sharding=batch_sh) if self.dcfg.enabled else None
     self.rt = Runtime(b, wcfg, kcfg, wake_lib.make_wake_step(b.model, wcfg, shard, batch_sh), shard, batch_sh,
-                      sampler, seeder, probe, Checkpointer(workdir, keep=config.checkpoint.keep), n_shards)
+                      sampler, seeder, dreamer, probe, Checkpointer(workdir, keep=config.checkpoint.keep), n_shards)
     self.state = jax.device_put(state, shard)
     self.log_lines: list[dict] = []
     self.mlog = None
@@ -180,13 +191,18 @@ class Cycle:
     return {'config': self.config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': [],
             'wake': dataclasses.asdict(self.rt.wcfg), 'cycle': pos}
 
-  def _save(self, pos: dict, ks_state=None):
+  def _save(self, pos: dict, ks_state=None, dream_state=None):
     n = int(pos['save_id'])
-    tree = {'wake': self.state} if ks_state is None else {'wake': self.state, 'ks': ks_state}
+    tree = {'wake': self.state}
+    if ks_state is not None:
+      tree['ks'] = ks_state
+    if dream_state is not None:
+      tree['dream'] = dream_state
     self.rt.ckpt.save(n, tree, self._meta(pos), extra={'events': self.log_lines}, force=True)
 
   def _restore(self):
-    """(position, ks_state or None) from the newest checkpoint, or None for a fresh run."""
+    """(position, restored tree: 'ks' / 'dream' sleep states when saved mid-sleep) from the newest checkpoint,
+    or None for a fresh run."""
     if self.rt.ckpt.latest_step() is None:
       return None
     from sleep_jax.checkpoint import abstract_like
@@ -194,18 +210,25 @@ class Cycle:
     pos = meta['cycle']
     target = {'wake': abstract_like(self.state, self.rt.shard)}
     if pos['phase'] == 'sleep' and pos.get('ks_step', 0) > 0:
-      target['ks'] = self._ks_target(pos)
+      target['ks'] = self._sleep_target(pos, lambda p, i, v: ks.state_tree(p, i, v, self.rt.seeder.tx))
+    if pos['phase'] == 'sleep' and pos.get('stage') == 'dream':
+      target['dream'] = self._sleep_target(
+          pos, lambda p, i, v: dict(self.rt.dreamer.state_tree(p, i, v), round=jnp.zeros((), jnp.int32)))
     tree, meta, extra = self.rt.ckpt.restore(target)
     self.state = tree['wake']
     self.log_lines = list((extra or {}).get('events', []))
-    print(f"resuming {self.workdir} at document {pos['doc']} ({pos['phase']}"
-          + (f", sleep update {pos['ks_step']}" if pos['phase'] == 'sleep' else '') + ')')
-    return pos, tree.get('ks')
+    where = ''
+    if pos['phase'] == 'sleep':
+      where = (f", dreaming round {pos['dream_round']}" if pos.get('stage') == 'dream'
+               else f", sleep update {pos['ks_step']}")
+    print(f"resuming {self.workdir} at document {pos['doc']} ({pos['phase']}{where})")
+    return pos, tree
 
-  def _ks_target(self, pos):
+  def _sleep_target(self, pos, tree_fn):
+    """Abstract restore target of a sleep-stage state (a pure function of the pre-sleep model)."""
     from sleep_jax.checkpoint import abstract_like
     view, student, index = self._student(pos)
-    abstract = jax.eval_shape(lambda p: ks.state_tree(p, index, view, self.rt.seeder.tx), student['params'])
+    abstract = jax.eval_shape(lambda p: tree_fn(p, index, view), student['params'])
     return abstract_like(abstract, sharding.replicated(self.rt.b.mesh))
 
   # ---- sleep ---------------------------------------------------------------------------------
@@ -227,8 +250,9 @@ class Cycle:
       index = {}
     return view, {'params': params, 'cms': cms}, index
 
-  def sleep(self, docs: list[dict], pos: dict, ks_state=None) -> dict:
-    """One sleep over the buffered `docs`; returns its event record (committed or rejected, and why)."""
+  def sleep(self, docs: list[dict], pos: dict, ks_state=None, dream_state=None) -> dict:
+    """One sleep over the buffered `docs`: Knowledge Seeding, then Dreaming when enabled; returns its event
+    record (committed or rejected, and why)."""
     rt, c = self.rt, self.config
     t0 = time.perf_counter()
     probe_before = rt.probe(self.state['params'], self.state['cms'])
@@ -250,20 +274,39 @@ class Cycle:
     self._ks_count = sum(e.get('event') == 'ks_step' for e in self.log_lines) - int(pos.get('ks_step', 0))
     st, hist = rt.seeder.run(teacher, student, index, view, items, rng, state=ks_state, on_step=on_step,
                              progress_desc=f"sleep {pos['sleep']} ({pos['kind']})")
-    params = ks.commit(student['params'], st, index, view)
     cms = student['cms']
-    new_state = dict(self.state, params=params, cms=cms)
     if pos['kind'] == 'protocol':
       sender = pos['receiver'] - 1
       _, new_opt = ks.sender_update(self.state, rt.wcfg, sender)
-      new_state = ks.protocol_apply(self.state, rt.wcfg, sender, params, cms, new_opt)
+
+    def settle(params):   # the wake state this sleep leaves with `params`
+      if pos['kind'] == 'protocol':
+        return ks.protocol_apply(self.state, rt.wcfg, sender, params, cms, new_opt)
+      return dict(self.state, params=params, cms=cms)
+
+    params = ks.commit(student['params'], st, index, view)
+    new_state = settle(params)
     probe_after = rt.probe(new_state['params'], new_state['cms'])
     rise = (probe_after - probe_before) / probe_before
     ok = rise <= c.sleep.max_probe_regression
     event = {'event': 'sleep', 'sleep': pos['sleep'], 'kind': pos['kind'], 'docs': [d['id'] for d in docs],
              'probe_nll_before': probe_before, 'probe_nll_after': probe_after, 'probe_rise': rise,
-             'committed': bool(ok), 'seconds': time.perf_counter() - t0, 'ks_history': hist,
-             'expert_index': {k: int(v) for k, v in index.items()}}
+             'committed': bool(ok), 'ks_history': hist, 'expert_index': {k: int(v) for k, v in index.items()}}
+    if ok and rt.dreamer is not None:
+      d_params, d_hist = self._dream(docs, pos, params, cms, index, view, st, dream_state)
+      d_state = settle(d_params)
+      d_probe = rt.probe(d_state['params'], d_state['cms'])
+      d_rise = (d_probe - probe_before) / probe_before
+      event.update(dream_history=d_hist, dream_reward_rate=[h['reward_rate'] for h in d_hist],
+                   probe_nll_after_ks=probe_after, dream_committed=bool(d_rise <= c.sleep.max_probe_regression))
+      if event['dream_committed']:
+        new_state, event['probe_nll_after'], event['probe_rise'] = d_state, d_probe, d_rise
+      else:
+        event['dream_why'] = (f'retention probe NLL rose {100 * d_rise:.1f}% after dreaming, above '
+                              f'sleep.max_probe_regression={c.sleep.max_probe_regression}; kept the consolidated '
+                              'model without the dreams')
+        print(f"sleep {pos['sleep']}: {event['dream_why']}")
+    event['seconds'] = time.perf_counter() - t0
     if ok:
       self.state = jax.device_put(new_state, rt.shard)
     else:
@@ -275,8 +318,33 @@ class Cycle:
       log.warning('sleep %d rejected: %s', pos['sleep'], event['why'])
     if pos['kind'] == 'protocol':
       self.state = jax.device_put(apply_held(self.state, rt.wcfg, [pos['receiver']]), rt.shard)
-    self.log_lines.append({k: v for k, v in event.items() if k != 'ks_history'})
+    self.log_lines.append({k: v for k, v in event.items() if k not in ('ks_history', 'dream_history')})
     return event
+
+  def _dream(self, docs, pos, params, cms, index, view, ks_state, dream_state=None):
+    """Dreaming on the consolidated model (PAPER sec. 4): ReST-EM rounds over the buffered documents, saved
+    after every round (with the pre-sleep wake state and the finished Knowledge Seeding state)."""
+    rt, c = self.rt, self.config
+    tasks = [dream_lib.knowledge_task(d, self.dcfg.probe_rows, c.seed * 1000 + pos['sleep']) for d in docs]
+    rng = jax.random.fold_in(jax.random.key(c.seed), 104729 + pos['sleep'])
+
+    def on_round(r, dst, h):
+      ctx = h['contexts']
+      self.log_lines.append({'event': 'dream_round', 'sleep': pos['sleep'], 'round': r,
+                             'reward_rate': h['reward_rate'], 'kept': sum(len(x['kept']) for x in ctx),
+                             'tau_orig': float(np.mean([x.get('tau_orig', np.nan) for x in ctx])),
+                             'seconds': sum(x.get(k, 0.0) for x in ctx
+                                            for k in ('gen_s', 'select_s', 'inner_s', 'mstep_s'))})
+      if self.mlog is not None:
+        n = sum(e.get('event') == 'dream_round' for e in self.log_lines)
+        self.mlog.write_scalars(n, {'dream/reward_rate': h['reward_rate']})
+      if r < self.dcfg.rounds:
+        pos['save_id'] += 1
+        self._save(dict(pos, phase='sleep', stage='dream', ks_step=rt.kcfg.steps, dream_round=r), ks_state, dst)
+
+    dst, hist = rt.dreamer.run(params, cms, index, view, tasks, rng, state=dream_state, on_round=on_round,
+                               progress_desc=f"sleep {pos['sleep']} (dream)")
+    return rt.dreamer.commit(params, dst, index, view), hist
 
   # ---- run -----------------------------------------------------------------------------------
   def run(self, docs: list[dict]) -> list[dict]:
@@ -288,18 +356,17 @@ class Cycle:
     self.mlog = mlog = MetricLogger(self.workdir)
     restored = self._restore()
     pos = {'doc': 0, 'sleep': 0, 'buffer': [], 'phase': 'wake', 'save_id': 0}
-    ks_state = None
     if restored:
-      pos, ks_state = restored
+      pos, tree = restored
       if pos['phase'] == 'sleep':
-        self.sleep([by_id[i] for i in pos['buffer']], pos, ks_state)
+        self.sleep([by_id[i] for i in pos['buffer']], pos, tree.get('ks'), tree.get('dream'))
         pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[] if pos['kind'] == 'context' else pos['buffer'],
                    save_id=pos['save_id'] + 1)
         if len(pos['buffer']) >= per_sleep:   # a context sleep was due at the same document
           pos.update(phase='sleep', kind='context', ks_step=0)
           self.sleep([by_id[i] for i in pos['buffer']], pos)
           pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
-        for k in ('ks_step', 'kind', 'receiver'):
+        for k in SLEEP_KEYS:
           pos.pop(k, None)
         self._save(pos)
     live = [l for l in range(1, rt.wcfg.n_levels) if rt.wcfg.periods[l] > 0 and rt.wcfg.lrs[l - 1] > 0]
@@ -330,7 +397,7 @@ class Cycle:
         self._save(pos)
         self.sleep([by_id[j] for j in pos['buffer']], pos)
         pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
-      for k in ('ks_step', 'kind', 'receiver'):
+      for k in SLEEP_KEYS:
         pos.pop(k, None)
       pos['save_id'] += 1
       self._save(pos)
