@@ -10,7 +10,15 @@ passage's questions without the passage, then reset. Variants:
   ks_no_div         alpha = 0 (LTI policy gradient only)
   ks_no_expand      the receivers' base MLP weights trained instead of a new expert
   finetune          plain fine-tuning of all weights on the passage text (next-token loss)
+  sleep             Knowledge Seeding, then Dreaming (ReST-EM rounds) into the same new experts
+  sleep_no_select   Dreaming without gradient selection (the kept dreams drawn at random)
+  sleep_no_random   Dreaming without the random extra expert while generating
+  seal              SEAL-style: self-generated implications/restatements/QA applied by fine-tuning a new expert,
+                    no consolidation, no selection, no reward
   ceiling           the teacher: the pre-sleep model with the passage in its prompt
+
+The Dreaming variants start from the 'ks' model of the same seed (computed once). Their ReST-EM reward rate per
+round goes to the table and to rest_em.png.
 
 Also the retention probe (NLL on validation essays) before and after each variant. Results: a markdown table,
 results.json and a bar plot in --workdir.
@@ -33,12 +41,15 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=Tr
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
 _PASSAGES = flags.DEFINE_integer('passages', 1, 'Passages per seed.')
 _SPLIT = flags.DEFINE_string('split', 'test', "Passage split; 'test' is the held-out final evaluation.")
-_VARIANTS = flags.DEFINE_list('variants', ['ks', 'ks_no_lti', 'ks_no_div', 'ks_no_expand', 'finetune'],
+_VARIANTS = flags.DEFINE_list('variants', ['ks', 'ks_no_lti', 'ks_no_div', 'ks_no_expand', 'finetune', 'sleep',
+                                           'sleep_no_select', 'sleep_no_random', 'seal'],
                               'Variants to run (before and ceiling always run).')
 _FT_STEPS = flags.DEFINE_integer('ft_steps', 8, 'Fine-tuning baseline: updates on the passage.')
 _FT_LR = flags.DEFINE_float('ft_lr', 3e-5, 'Fine-tuning baseline: AdamW learning rate (all weights).')
 
 KS_VARIANTS = {'ks': {}, 'ks_no_lti': {'alpha': 1.0}, 'ks_no_div': {'alpha': 0.0}, 'ks_no_expand': {'expand': False}}
+DREAM_VARIANTS = {'sleep': {}, 'sleep_no_select': {'selection': 'random'}, 'sleep_no_random': {'random_expert': False},
+                  'seal': {'random_expert': False}}
 
 
 def finetune(b, config, passage, steps, lr):
@@ -72,6 +83,7 @@ def main(argv):
   from sleep_jax.data import knowledge, long_horizon
   from sleep_jax.phases import consolidate as ks
   from sleep_jax.phases import cycle as cycle_lib
+  from sleep_jax.phases import dream
   from sleep_jax.rewards import Judge
 
   config = _CONFIG.value
@@ -84,7 +96,8 @@ def main(argv):
   probe = evals.Probe(b.model, tok, [t for _, t in long_horizon.split_essays('validation')],
                       seq_len=config.sleep.probe_seq_len, n_rows=config.sleep.probe_rows)
   judge = Judge(b.model, tok, prompt_buckets=config.sampling.prompt_buckets)
-  all_passages = knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test')
+  all_passages = jobs.cut_docs(knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test'),
+                               config.knowledge.max_doc_chars)
   qa = lambda params, cms, docs, ctx=False: evals.qa_eval(
       sampler, params, cms, tok, docs, with_context=ctx, max_new_tokens=config.knowledge.answer_tokens,
       desc='qa' + ('+ctx' if ctx else ''))
@@ -93,13 +106,14 @@ def main(argv):
     ("Tell me about {title}.", greedy, 96 tokens): did the facts get in at all, whatever the QA format?"""
     instr = config.sleep.templates[0].format(title=passage['title'])
     user = f"{passage['text']}\n\n{instr}" if ctx else instr
-    o = sampler(params, [tok.chat_tokens([{'role': 'user', 'content': user}])], max_new_tokens=96,
+    o = sampler(params, [tok.chat_tokens([{'role': 'user', 'content': user}])],
+                max_new_tokens=min(96, max(config.sampling.gen_buckets)),
                 rng=jax.random.key(0), temperature=0.0, cms=cms)
     text = tok.decode(o.tokens[0][o.mask[0]])
     return evals.recall([[q['answer'], *q['aliases']] for q in passage['questions']], [text] * len(passage['questions'])), text
 
   probe0 = probe(b.params, b.cms)
-  rows, t_all, seeders = [], time.perf_counter(), {}
+  rows, t_all, seeders, dreamers = [], time.perf_counter(), {}, {}
   out_path = os.path.join(_WORKDIR.value, 'results.json')
   for seed in map(int, _SEEDS.value):
     order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
@@ -110,9 +124,29 @@ def main(argv):
       rec['before']['fact_recall'], rec['before']['told'] = fact_recall(b.params, b.cms, passage)
       rec['ceiling'] = qa(b.params, b.cms, [passage], True)
       rec['ceiling']['fact_recall'], rec['ceiling']['told'] = fact_recall(b.params, b.cms, passage, True)
-      for v in _VARIANTS.value:
+      ks_model = None
+      for v in sorted(_VARIANTS.value, key=lambda v: v in DREAM_VARIANTS):   # 'ks' before the dream variants
         t0 = time.perf_counter()
-        if v == 'finetune':
+        if v in DREAM_VARIANTS:
+          if v not in dreamers:
+            dd = dict(config.sleep.dream)
+            dd.update(DREAM_VARIANTS[v], enabled=True)
+            dreamers[v] = dream.Dreamer(b.model, dream.DreamConfig.from_config(dd), tok, sampler)
+          dr = dreamers[v]
+          task = dream.knowledge_task(passage, dr.dcfg.probe_rows, seed)
+          view = ks.View(layers, True)
+          if v == 'seal':
+            sp, cms, index = ks.expand_student(b.params, b.cms, layers)
+            params, hist = dr.self_edit_finetune(sp, cms, index, view, [task], jax.random.key(seed))
+            extra = {'sft_loss': hist}
+          else:
+            if ks_model is None:
+              raise ValueError(f"variant {v} dreams on the 'ks' model: put 'ks' in --variants")
+            kp, cms, index = ks_model
+            dst, hist = dr.run(kp, cms, index, view, [task], jax.random.key(seed), progress_desc=v)
+            params = dr.commit(kp, dst, index, view)
+            extra = {'dream_history': hist, 'reward_rate': [h['reward_rate'] for h in hist]}
+        elif v == 'finetune':
           params, loss = finetune(b, config, passage, _FT_STEPS.value, _FT_LR.value)
           cms = b.cms
           extra = {'final_loss': loss}
@@ -134,19 +168,27 @@ def main(argv):
                                 jax.random.key(seed), progress_desc=v)
           params = ks.commit(sp, st, index, view)
           extra = {'ks_history': hist}
+          if v == 'ks':
+            ks_model = (params, cms, index)
         rec[v] = {**qa(params, cms, [passage]), 'probe_nll': probe(params, cms),
                   'seconds': time.perf_counter() - t0, **extra}
         rec[v]['fact_recall'], rec[v]['told'] = fact_recall(params, cms, passage)
         print(f"seed {seed} {passage['id']} {v}: recall {rec[v]['recall']:.1f} F1 {rec[v]['token_f1']:.1f} "
-              f"probe {rec[v]['probe_nll']:.4f} ({rec[v]['seconds']:.0f}s)", flush=True)
+              f"probe {rec[v]['probe_nll']:.4f} ({rec[v]['seconds']:.0f}s)"
+              + (f" reward rate per round {rec[v]['reward_rate']}" if 'reward_rate' in rec[v] else ''), flush=True)
         del params
+      del ks_model
       rows.append(rec)
       with open(out_path + '.tmp', 'w') as f:
         json.dump({'rows': rows, 'probe_before': probe0, 'config': json.loads(config.to_json()),
                    'split': _SPLIT.value, **jobs.run_info(config)}, f, indent=1, default=str)
       os.replace(out_path + '.tmp', out_path)
-  table = summarize(rows, probe0, ['before'] + list(_VARIANTS.value) + ['ceiling'])
+  names = ['before'] + list(_VARIANTS.value) + ['ceiling']
+  table = summarize(rows, probe0, names) + '\n\n' + reward_table(rows, names)
   print(table)
+  curves = {v: [r[v]['reward_rate'] for r in rows if 'reward_rate' in r.get(v, {})] for v in names}
+  dream.plot_reward_rates({v: c for v, c in curves.items() if c}, os.path.join(_WORKDIR.value, 'rest_em.png'),
+                          title=f'ReST-EM reward rate per round, SmolLM2-135M, seeds {",".join(_SEEDS.value)}')
   with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
     f.write(table + f'\n\n{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
             f'{time.perf_counter() - t_all:.0f}s\n')
@@ -175,6 +217,22 @@ def summarize(rows, probe0, names) -> str:
         if per['probe'] else '-'
     facts = fmt(per['facts']) if per['facts'] else '-'
     lines.append(f"| {v} | {fmt(per['recall'])} | {fmt(per['token_f1'])} | {facts} | {pr} |")
+  return '\n'.join(lines)
+
+
+def reward_table(rows, names) -> str:
+  """ReST-EM reward rate (share of kept dreams whose isolated fine-tune beat the original on tau) per round."""
+  import numpy as np
+  dv = [v for v in names if any('reward_rate' in r.get(v, {}) for r in rows)]
+  if not dv:
+    return ''
+  n = min(len(r[v]['reward_rate']) for v in dv for r in rows if v in r)
+  lines = ['| variant | ' + ' | '.join(f'reward rate, round {i + 1}' for i in range(n)) + ' |',
+           '|---|' + '---:|' * n]
+  for v in dv:
+    per = np.asarray([r[v]['reward_rate'][:n] for r in rows if v in r])
+    sd = per.std(0, ddof=1) if len(per) > 1 else np.zeros(n)
+    lines.append(f'| {v} | ' + ' | '.join(f'{m:.2f} ± {s:.2f}' for m, s in zip(per.mean(0), sd)) + ' |')
   return '\n'.join(lines)
 
 
