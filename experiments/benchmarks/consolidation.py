@@ -12,31 +12,25 @@ plus the once-per-sleep teacher sampling. Median of --reps timed repetitions aft
   python -m experiments.benchmarks.consolidation --reps=3
 """
 import os
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging  # noqa: E402
+
+from experiments.benchmarks import timing  # noqa: E402
 
 _REPS = flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
 _SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny random model (checks the script runs).')
 
 
 def _median_time(fn, reps):
-  fn()   # warm-up: compilation
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return sorted(ts)[len(ts) // 2]
+  return timing.median_time(fn, reps)[0]
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax
-  import numpy as np
   from configs import sleep as sleep_config
   from sleep_jax import build as build_lib
   from sleep_jax import jobs

@@ -13,26 +13,17 @@ sleep.py (SmolLM2-135M, new rank-16 experts in the 15 level-0 layers) and its :s
 import json
 import os
 import platform
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags, logging  # noqa: E402
 
+from experiments.benchmarks import timing  # noqa: E402
+
 _REPS = flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
 _DREAMS = flags.DEFINE_integer('dreams', 8, 'Isolated copies (dreams) per inner loop.')
 _MODELS = flags.DEFINE_list('models', ['tiny', 'smollm2'], "'tiny' (configs/sleep.py:smoke) and/or 'smollm2'.")
 _OUT = flags.DEFINE_string('out', '', 'Write the measurements as JSON here too.')
-
-
-def _median(fn, reps):
-  fn()   # warm-up: compilation
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return sorted(ts)[len(ts) // 2], ts
 
 
 def bench_model(name, reps, n_dreams):
@@ -68,8 +59,8 @@ def bench_model(name, reps, n_dreams):
     taus = [f['inner_one'](delta, frozen, jax.tree.map(lambda x: x[k], rows), probe)[0] for k in range(n_dreams)]
     return jax.block_until_ready((taus, f['tau'](delta, frozen, probe)))
 
-  t_v, ts_v = _median(vmapped, reps)
-  t_l, ts_l = _median(loop, reps)
+  t_v, ts_v = timing.median_time(vmapped, reps)
+  t_l, ts_l = timing.median_time(loop, reps)
   tau_v = np.asarray(vmapped()[0])
   tau_l = np.asarray([float(t) for t in loop()[0]])
   rec = {'model': name, 'dreams': n_dreams, 'inner_steps': dcfg.inner_steps,

@@ -25,9 +25,7 @@ model is kept without it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from typing import Any
 
