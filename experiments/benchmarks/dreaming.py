@@ -61,12 +61,19 @@ def bench_model(name, reps, n_dreams):
 
   t_v, ts_v = timing.median_time(vmapped, reps)
   t_l, ts_l = timing.median_time(loop, reps)
+  # Profile: the work both paths do (XLA's FLOP count) and the rate they reach
+  one = jax.tree.map(lambda x: x[0], rows)
+  flops_v = timing.compiled_flops(f['inner'], delta, frozen, rows, probe)
+  flops_l = n_dreams * timing.compiled_flops(f['inner_one'], delta, frozen, one, probe) + \
+      timing.compiled_flops(f['tau'], delta, frozen, probe)
   tau_v = np.asarray(vmapped()[0])
   tau_l = np.asarray([float(t) for t in loop()[0]])
   rec = {'model': name, 'dreams': n_dreams, 'inner_steps': dcfg.inner_steps,
          'dream_tokens': int(rows['targets'].shape[-1]), 'row_len': int(rows['s_tokens'].shape[-1]),
          'probe_rows': int(probe['targets'].shape[0]), 'vmapped_s': t_v, 'loop_s': t_l, 'speedup': t_l / t_v,
-         'vmapped_all_s': ts_v, 'loop_all_s': ts_l, 'max_abs_tau_diff': float(np.abs(tau_v - tau_l).max())}
+         'vmapped_all_s': ts_v, 'loop_all_s': ts_l, 'max_abs_tau_diff': float(np.abs(tau_v - tau_l).max()),
+         'vmapped_gflop': flops_v / 1e9, 'loop_gflop': flops_l / 1e9,
+         'vmapped_gflops': flops_v / t_v / 1e9, 'loop_gflops': flops_l / t_l / 1e9}
   if name != 'tiny':   # one whole round, split (after a warm-up round)
     dr2 = dream.Dreamer(b.model, dream.DreamConfig.from_config(config.sleep.dream), b.tokenizer, dr.sampler)
     st = dr2.init_state(params, index, view)
@@ -83,13 +90,19 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax
   recs = [bench_model(m, _REPS.value, _DREAMS.value) for m in _MODELS.value]
+  peak = timing.matmul_peak_gflops(_REPS.value)
   machine = f'{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}'
-  lines = [f'Dreaming inner loop, {_DREAMS.value} isolated copies ({machine}); median of {_REPS.value}',
+  lines = [f'Dreaming inner loop, {_DREAMS.value} isolated copies ({machine}); median of {_REPS.value}; '
+           f'float32 matmul peak measured in this run: {peak:.0f} GFLOP/s',
            '', '| model | dreams x inner steps | row tokens | vmapped (s) | Python loop (s) | speedup | '
-           'max abs tau diff |', '|---|---:|---:|---:|---:|---:|---:|']
+           'GFLOP (vmapped / loop) | GFLOP/s (vmapped / loop) | % of matmul peak (vmapped / loop) | '
+           'max abs tau diff |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in recs:
+    r['matmul_peak_gflops'] = peak
     lines.append(f"| {r['model']} | {r['dreams']} x {r['inner_steps']} | {r['row_len']} | {r['vmapped_s']:.3f} | "
-                 f"{r['loop_s']:.3f} | {r['speedup']:.2f}x | {r['max_abs_tau_diff']:.1e} |")
+                 f"{r['loop_s']:.3f} | {r['speedup']:.2f}x | {r['vmapped_gflop']:.1f} / {r['loop_gflop']:.1f} | "
+                 f"{r['vmapped_gflops']:.1f} / {r['loop_gflops']:.1f} | {100 * r['vmapped_gflops'] / peak:.0f}% / "
+                 f"{100 * r['loop_gflops'] / peak:.0f}% | {r['max_abs_tau_diff']:.1e} |")
   for r in recs:
     if 'round' in r:
       rd = r['round']

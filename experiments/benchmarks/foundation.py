@@ -14,27 +14,20 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
+
+from experiments.benchmarks import timing  # noqa: E402
 
 _REPS = flags.DEFINE_integer('reps', 3, 'Timed repetitions per measurement (median reported).')
 _OUT = flags.DEFINE_string('out', 'runs/bench_foundation.json', 'Where the JSON results go.')
 _SKIP_HF = flags.DEFINE_bool('skip_hf', False, 'Measure only sleep_jax (no torch needed).')
 
 
-def _time(fn, reps):
-  fn()  # warm-up (compile for JAX)
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return statistics.median(ts), ts
+_time = timing.median_time
 
 
 def bench_ours(cfg, params, prompts_BP, reps, new_tokens, train_B, train_L):
@@ -118,15 +111,13 @@ def machine_limits(n_params_bytes: int, reps: int):
   import jax
   import jax.numpy as jnp
   n = 2048
-  a = jax.random.normal(jax.random.key(0), (n, n))
-  mm = jax.jit(lambda a: a @ a)
-  t_mm, _ = _time(lambda: jax.block_until_ready(mm(a)), max(reps, 3))
+  jax_peak = timing.matmul_peak_gflops(reps, n)
   # Decode reads every weight once per step: time B=8 rows against 30 distinct 576x1536 matrices.
   ws = [jax.random.normal(jax.random.key(i), (576, 1536)) for i in range(30)]
   x = jnp.ones((8, 576))
   gemv = jax.jit(lambda x, ws: [x @ w for w in ws])
   t_gv, _ = _time(lambda: jax.block_until_ready(gemv(x, ws)), max(reps, 3))
-  out = {'jax_matmul_gflops': 2 * n**3 / t_mm / 1e9, 'jax_gemv_gb_s': 30 * 576 * 1536 * 4 / t_gv / 1e9}
+  out = {'jax_matmul_gflops': jax_peak, 'jax_gemv_gb_s': 30 * 576 * 1536 * 4 / t_gv / 1e9}
   try:
     import torch
     ta = torch.randn(n, n)
