@@ -25,6 +25,7 @@ results.json and a bar plot in --workdir.
 
   python -m experiments.knowledge_incorporation --workdir=runs/ki --seeds=0,1,2 --passages=1
   python -m experiments.knowledge_incorporation --workdir=/tmp/ki --split=validation   # for tuning
+  python -m experiments.knowledge_incorporation --workdir=runs/ki_all --from_results=runs/a/results.json,runs/b/results.json
 Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3
 """
 import json
@@ -44,6 +45,8 @@ _SPLIT = flags.DEFINE_string('split', 'test', "Passage split; 'test' is the held
 _VARIANTS = flags.DEFINE_list('variants', ['ks', 'ks_no_lti', 'ks_no_div', 'ks_no_expand', 'finetune', 'sleep',
                                            'sleep_no_select', 'sleep_no_random', 'seal'],
                               'Variants to run (before and ceiling always run).')
+_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
+                          'run in parallel) into one table and plots in --workdir.')
 _FT_STEPS = flags.DEFINE_integer('ft_steps', 8, 'Fine-tuning baseline: updates on the passage.')
 _FT_LR = flags.DEFINE_float('ft_lr', 3e-5, 'Fine-tuning baseline: AdamW learning rate (all weights).')
 
@@ -86,6 +89,8 @@ def main(argv):
   from sleep_jax.phases import dream
   from sleep_jax.rewards import Judge
 
+  if _FROM.value:
+    return merge_main(_FROM.value, _WORKDIR.value)
   config = _CONFIG.value
   os.makedirs(_WORKDIR.value, exist_ok=True)
   b = build_lib.build(config)
@@ -183,16 +188,45 @@ def main(argv):
         json.dump({'rows': rows, 'probe_before': probe0, 'config': json.loads(config.to_json()),
                    'split': _SPLIT.value, **jobs.run_info(config)}, f, indent=1, default=str)
       os.replace(out_path + '.tmp', out_path)
-  names = ['before'] + list(_VARIANTS.value) + ['ceiling']
-  table = summarize(rows, probe0, names) + '\n\n' + reward_table(rows, names)
+  report(rows, probe0, ['before'] + list(_VARIANTS.value) + ['ceiling'], _WORKDIR.value,
+         f'{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
+         f'{time.perf_counter() - t_all:.0f}s')
+
+
+def report(rows, probe0, names, workdir, footer):
+  """table.md (scores + ReST-EM reward rates), recall.png and rest_em.png in `workdir`."""
+  from sleep_jax.phases import dream
+  table = summarize(rows, probe0, names)
+  rewards = reward_table(rows, names)
+  table += '\n\n' + rewards if rewards else ''
   print(table)
   curves = {v: [r[v]['reward_rate'] for r in rows if 'reward_rate' in r.get(v, {})] for v in names}
-  dream.plot_reward_rates({v: c for v, c in curves.items() if c}, os.path.join(_WORKDIR.value, 'rest_em.png'),
-                          title=f'ReST-EM reward rate per round, SmolLM2-135M, seeds {",".join(_SEEDS.value)}')
-  with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
-    f.write(table + f'\n\n{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
-            f'{time.perf_counter() - t_all:.0f}s\n')
-  plot(rows, ['before'] + list(_VARIANTS.value) + ['ceiling'], os.path.join(_WORKDIR.value, 'recall.png'))
+  seeds = ','.join(str(s) for s in sorted({r['seed'] for r in rows}))
+  if any(curves.values()):
+    dream.plot_reward_rates({v: c for v, c in curves.items() if c}, os.path.join(workdir, 'rest_em.png'),
+                            title=f'ReST-EM reward rate per round, SmolLM2-135M, seeds {seeds}')
+  with open(os.path.join(workdir, 'table.md'), 'w') as f:
+    f.write(table + f'\n\n{footer}\n')
+  plot(rows, names, os.path.join(workdir, 'recall.png'))
+
+
+def merge_main(paths, workdir):
+  """--from_results: one report over the rows of several results.json files (e.g. seeds run in parallel)."""
+  rows, probe0, names = [], None, None
+  for p in paths:
+    with open(p) as f:
+      r = json.load(f)
+    rows += r['rows']
+    probe0 = r['probe_before'] if probe0 is None else probe0
+    if probe0 != r['probe_before']:
+      raise ValueError(f'{p}: probe_before {r["probe_before"]} differs from {probe0}: not the same model/probe')
+    vs = [v for v in r['rows'][0] if isinstance(r['rows'][0][v], dict)]
+    names = vs if names is None else [v for v in names if v in vs]
+  names = ['before'] + [v for v in names if v not in ('before', 'ceiling')] + ['ceiling']
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump({'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)}, f, indent=1)
+  report(rows, probe0, names, workdir, f'{len(rows)} passages merged from {", ".join(paths)}')
 
 
 def summarize(rows, probe0, names) -> str:

@@ -23,6 +23,12 @@ def test_knowledge_incorporation_with_dreaming_smoke(tmp_path):
   row = res['rows'][0]
   assert len(row['sleep']['reward_rate']) == 2 and all(0 <= r <= 1 for r in row['sleep']['reward_rate'])
   assert 'sft_loss' in row['seal'] and (tmp_path / 'rest_em.png').exists()
+  # seeds run in parallel merge into one report
+  merged = tmp_path / 'merged'
+  out = _run(['experiments.knowledge_incorporation', f'--workdir={merged}',
+              f'--from_results={tmp_path}/results.json,{tmp_path}/results.json'], tmp_path)
+  assert len(json.loads((merged / 'results.json').read_text())['rows']) == 2 and '| seal |' in out
+  assert (merged / 'table.md').exists() and (merged / 'rest_em.png').exists()
 
 
 def test_dreaming_benchmark_smoke(tmp_path):
