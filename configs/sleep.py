@@ -41,7 +41,9 @@ def sleep_fields() -> mlc.ConfigDict:
       # Dreaming (phases/dream.py), after consolidation in every sleep. Sizes chosen for 2 CPU cores (one round
       # on one passage: ~1-1.5 min with SmolLM2-135M; benchmarks/dreaming.py), not tuned on test.
       dream=mlc.ConfigDict(dict(
-          enabled=True, n_dreams=6, top_k=2, n_random=1, selection='cosine', random_expert=True, rounds=2,
+          # expert_scale: the random experts' B at its init scale barely moves SmolLM2 (README); > 1 not yet measured.
+          enabled=True, n_dreams=6, top_k=2, n_random=1, selection='cosine', random_expert=True, expert_scale=1.0,
+          rounds=2,
           max_new_tokens=48, temperature=1.0, inner_steps=2, inner_lr=1e-2, mstep_steps=2, lr=5e-3,
           grad_clip=1.0, generator_weight=1.0, memory_weight=1.0, reward_margin=0.0, probe_rows=6))))
 

@@ -198,6 +198,23 @@ def test_random_expert_changes_the_dreams_and_rows_draw_independently():
   assert ys_on != ys_off                 # greedy decoding: only the random experts can change the text
 
 
+def test_expert_scale_grows_the_random_experts_effect_only():
+  b = _built()
+  params, cms, index, view = _student(b)
+  toks = jnp.asarray([TOK.encode('The Orvane bridge is painted')], jnp.int32)
+  fwd = lambda p, **k: np.asarray(b.model.apply(variables(p, cms), toks, **k)[0])
+  big = dream.scale_inactive_experts(params, cms, 30.0)
+  np.testing.assert_array_equal(fwd(params), fwd(big))           # without dreaming: the same function
+  key = {'rngs': {'dream': jax.random.key(0)}}
+  small = dream.scale_inactive_experts(params, cms, 0.01)
+  d = lambda p: np.abs(fwd(p, **key) - fwd(params)).max()
+  d_small, d1, d30 = d(small), d(params), d(big)
+  assert 0 < d_small < 0.05 * d1 and d30 > d1          # the dream perturbation grows with the scale
+  active = np.asarray(cms['layers_1']['mlp']['active'])
+  np.testing.assert_array_equal(np.asarray(big['layers_1']['mlp']['expert_b'])[active],
+                                np.asarray(params['layers_1']['mlp']['expert_b'])[active])
+
+
 def test_resumed_run_continues_bit_identically():
   b = _built()
   params, cms, index, view = _student(b)
@@ -242,6 +259,7 @@ def test_tasks():
 @pytest.mark.parametrize('bad, match', [
     ({'selection': 'best'}, 'selection'), ({'top_k': 5, 'n_random': 4}, 'top_k \\+ n_random'),
     ({'rounds': 0}, 'rounds'), ({'generator_weight': 0.0, 'memory_weight': 0.0}, 'generator_weight'),
+    ({'expert_scale': 0.0}, 'expert_scale'),
     ({'typo': 1}, 'sleep.dream.typo')])
 def test_config_errors_name_the_field(bad, match):
   with pytest.raises(ValueError, match=match):

@@ -53,6 +53,7 @@ class DreamConfig:
   n_random: int = 1               # b kept at random from the rest
   selection: str = 'cosine'       # 'cosine' (to the probe gradient) | 'norm' | 'random' (no gradient selection)
   random_expert: bool = True      # each dream row switches on one random inactive expert per block
+  expert_scale: float = 1.0       # the random experts' B is scaled by this while dreaming (1 = as initialised)
   rounds: int = 2                 # ReST-EM outer rounds
   max_new_tokens: int = 96
   temperature: float = 1.0
@@ -78,6 +79,8 @@ class DreamConfig:
     if not 1 <= self.top_k + self.n_random <= self.n_dreams:
       raise ValueError(f'sleep.dream.top_k + n_random = {self.top_k + self.n_random} must be in '
                        f'[1, n_dreams={self.n_dreams}]')
+    if self.expert_scale <= 0:
+      raise ValueError(f'sleep.dream.expert_scale={self.expert_scale} must be > 0')
     if self.generator_weight < 0 or self.memory_weight < 0 or self.generator_weight + self.memory_weight == 0:
       raise ValueError('sleep.dream.generator_weight and memory_weight must be >= 0, not both 0')
 
@@ -264,6 +267,22 @@ def mstep_update(state, frozen, rows, *, model, view, tx, gw: float, mw: float):
   return {'step': state['step'] + 1, 'delta': optax.apply_updates(state['delta'], u), 'opt_state': opt}, l
 
 
+@jax.jit
+def _scale_b(b_SRD, active_S, scale):
+  return jnp.where(active_S[:, None, None], b_SRD, b_SRD * scale)
+
+
+def scale_inactive_experts(params, cms, scale: float):
+  """Params with every *inactive* expert's B multiplied by `scale` (active experts untouched), so the random
+  experts switched on while dreaming perturb more (or less); the function without a 'dream' rng is unchanged."""
+  out = dict(params)
+  for lk, c in cms.items():
+    mlp = dict(params[lk]['mlp'])
+    mlp['expert_b'] = _scale_b(mlp['expert_b'], c['mlp']['active'], jnp.float32(scale))
+    out[lk] = {**params[lk], 'mlp': mlp}
+  return out
+
+
 def inner_optimizer(dcfg: DreamConfig):
   return optax.chain(optax.clip_by_global_norm(dcfg.grad_clip), optax.adam(dcfg.inner_lr))
 
@@ -342,6 +361,8 @@ class Dreamer:
     prompts = [self._chat(task.gen_prompts[w]) for w in which]
     use_re = d.random_expert if random_expert is None else random_expert
     k_sample, k_dream = jax.random.split(rng)
+    if use_re and d.expert_scale != 1.0:
+      params = scale_inactive_experts(params, cms, d.expert_scale)
     o = self.sampler(params, prompts, max_new_tokens=d.max_new_tokens, rng=k_sample, temperature=d.temperature,
                      cms=cms, dream_key=k_dream if use_re else None)
     return [list(map(int, t[m])) for t, m in zip(o.tokens, o.mask)], which
