@@ -180,7 +180,6 @@ def completion_rows(mem: Sequence[Sequence[int]], gen: Sequence[Sequence[int]], 
                     pad_id: int, n_rows: int, buckets: Sequence[int], n_gen: int, row_w=None) -> dict:
   """Arrays [n_rows, P + n_gen]: s_* hold mem prompt + y, t_* gen prompt + y; targets/weights over y.
   Rows beyond len(ys) are padding (weight 0); `row_w` scales each row's weights (0 drops a row)."""
-  n = len(ys)
   Ps = bucket(max(len(p) for p in mem), buckets, 'dream memory prompt', 'prompt')
   Pt = bucket(max(len(p) for p in gen), buckets, 'dream generator prompt', 'prompt')
   out = {}
@@ -197,7 +196,6 @@ def completion_rows(mem: Sequence[Sequence[int]], gen: Sequence[Sequence[int]], 
       out[f'{key}_valid'][b, P:P + len(y)] = True
     out['targets'][b, :len(y)] = y
     out['weights'][b, :len(y)] = 1.0 if row_w is None else float(row_w[b])
-  del n
   return out
 
 
@@ -409,15 +407,17 @@ class Dreamer:
             'cos': cos.tolist(), 'norm': norm.tolist(), 'dream_tokens': float(np.mean([len(y) for y in ys]))}
     if len(kept) == 0:
       return state, dict(info, reward_rate=0.0, rewards=[], gen_s=t1 - t0, select_s=t2 - t1)
-    kr = self.dream_rows(task, [ys[i] for i in kept], [which[i] for i in kept], K)
-    kr = self._put(jax.tree.map(lambda x: x[:, None], kr))
+    kr_host = self.dream_rows(task, [ys[i] for i in kept], [which[i] for i in kept], K)
+    kr = self._put(jax.tree.map(lambda x: x[:, None], kr_host))
     tau_K, tau0, loss_KS = f['inner'](state['delta'], frozen, kr, probe)
     tau_K, tau0 = np.asarray(tau_K)[:len(kept)], float(tau0)
     reward = (tau_K < tau0 - d.reward_margin).astype(np.float32)
     t3 = time.perf_counter()
     m_loss = []
     if reward.any() and d.mstep_steps:
-      mr = self._put(self.dream_rows(task, [ys[i] for i in kept], [which[i] for i in kept], K, row_w=reward))
+      row_w = np.zeros((K, 1), np.float32)
+      row_w[:len(kept), 0] = reward
+      mr = self._put(dict(kr_host, weights=kr_host['weights'] * row_w))   # the same rows, reward-weighted
       for _ in range(d.mstep_steps):
         state, l = f['mstep'](state, frozen, mr)
         m_loss.append(float(l))
