@@ -1,0 +1,120 @@
+"""Few-shot ARC experiment: the smoke config end to end (files, keys, per-seed rows), --from_results merging,
+and the protocol's own logic (cell accuracy, leave-one-out pairs, success bookkeeping, the held-out draw)
+against independently written references."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import few_shot_arc as exp
+from sleep_jax.data import arc
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+
+
+def _run(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8', TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, '-m', 'experiments.few_shot_arc', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  wd = tmp_path_factory.mktemp('arc')
+  p = _run('--config=configs/few_shot_arc.py:smoke', f'--workdir={wd}', '--seeds=0')
+  assert p.returncode == 0, p.stderr[-3000:]
+  return wd, p.stdout
+
+
+def test_smoke_end_to_end_files_and_keys(smoke_run):
+  wd, out = smoke_run
+  for f in ('results.json', 'table.md', 'arc_success.png'):
+    assert (wd / f).exists(), f
+  r = json.loads((wd / 'results.json').read_text())
+  assert r['split'] == 'test' and r['config']['arc']['n_heldout'] == 1 and r['train_tasks'] == ['6150a2bd']
+  (rec,) = r['rows']
+  assert rec['seed'] == 0 and rec['task'] in ('25d8a9c8', 'be03b35f')
+  n = r['config']['arc']['dreams_per_task']
+  for row in exp.ROWS:
+    ans = rec[row]['answers']
+    assert len(ans) == (n if row in ('seal', 'sleep') else 1), row
+    for a in ans:
+      assert set(a) == {'text', 'correct', 'cell_acc', 'nll'} and np.isfinite(a['nll']) and 0 <= a['cell_acc'] <= 1
+  assert len(rec['seal']['dreams']) == n and len(rec['sleep']['loss']) == n
+  # each isolated copy actually trained: its SFT loss fell over its inner steps or TTT's steps
+  assert np.asarray(rec['ttt']['loss'])[-1] < np.asarray(rec['ttt']['loss'])[0]
+  (sl,) = r['sleeps']
+  assert len(sl['history']) == r['config']['sleep']['dream']['rounds']
+  table = (wd / 'table.md').read_text()
+  for row in exp.ROWS:
+    assert exp.LABELS[row] in table
+  assert 'reward rate' in table and 'seed 0 ' in out
+
+
+def test_from_results_merges_seeds_and_rejects_repeats(smoke_run, tmp_path):
+  wd, _ = smoke_run
+  r = json.loads((wd / 'results.json').read_text())
+  r1 = json.loads(json.dumps(r))   # the same run relabelled as seed 1, with one success flipped
+  for rec in r1['rows']:
+    rec['seed'] = 1
+    rec['icl']['answers'][0]['correct'] = True
+  r1['sleeps'][0]['seed'] = 1
+  (tmp_path / 'b.json').write_text(json.dumps(r1))
+  out = tmp_path / 'merged'
+  p = _run(f'--workdir={out}', f'--from_results={wd}/results.json,{tmp_path}/b.json')
+  assert p.returncode == 0, p.stderr[-3000:]
+  m = json.loads((out / 'results.json').read_text())
+  assert len(m['rows']) == 2 and sorted(s['seed'] for s in m['sleeps']) == [0, 1]
+  ps = exp.per_seed(m['rows'])
+  icl0 = 100.0 * r['rows'][0]['icl']['answers'][0]['correct']
+  assert ps['icl']['success'] == [icl0, 100.0]
+  assert 'seeds 0,1' in (out / 'table.md').read_text() and (out / 'arc_success.png').exists()
+  p = _run(f'--workdir={out}', f'--from_results={wd}/results.json,{wd}/results.json')
+  assert p.returncode != 0 and 'seeds repeat' in p.stderr
+
+
+def test_cell_accuracy_against_reference():
+  t = [[1, 2, 3], [4, 5, 6]]
+  assert exp.cell_accuracy('123\n456', t) == 1.0
+  assert exp.cell_accuracy('123\n450\n\nExample 2', t) == pytest.approx(5 / 6)
+  assert exp.cell_accuracy('12\n45', t) == 0.0            # wrong shape
+  assert exp.cell_accuracy('no grid here', t) == 0.0
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    h, w = rng.integers(1, 6, 2)
+    a, b = rng.integers(0, 3, (h, w)), rng.integers(0, 3, (h, w))
+    text = '\n'.join(''.join(map(str, r)) for r in a)
+    assert exp.cell_accuracy(text, b.tolist()) == pytest.approx((a == b).mean())
+
+
+def test_loo_pairs_hold_out_each_demo():
+  tid, task = next(iter(arc.subset('train', n=1).items()))
+  pairs = exp.loo_pairs(task)
+  assert len(pairs) == len(task['train'])
+  for d, (prompt, target) in zip(task['train'], pairs):
+    assert target == arc.grid_to_text(d['output'])
+    test_part = prompt.split('Test\n')[1]
+    assert arc.grid_to_text(d['input']) in test_part and target not in prompt.split('Test\n')[0]
+    assert prompt.count('Example ') == len(task['train']) - 1
+    assert arc.grid_to_text(task['test'][0]['input']) not in prompt   # the real test never leaks into TTT
+  with pytest.raises(ValueError):
+    exp.loo_pairs({'train': task['train'][:1], 'test': task['test']})
+
+
+def test_success_is_mean_over_tasks_of_share_correct():
+  ans = lambda *c: {'answers': [{'correct': x} for x in c]}
+  rows = [{'seal': ans(1, 0, 0, 0, 0)}, {'seal': ans(1, 1, 1, 1, 0)}, {'seal': ans(0, 0, 0, 0, 0)}]
+  assert exp.success(rows, 'seal') == pytest.approx(100 * (0.2 + 0.8 + 0.0) / 3)
+
+
+def test_heldout_draw_is_seeded_distinct_and_in_pool():
+  pool = [f't{i:02d}' for i in range(12)]
+  a = exp.draw_heldout(pool, 4, 0)
+  assert a == exp.draw_heldout(list(reversed(pool)), 4, 0) and len(set(a)) == 4 and set(a) <= set(pool)
+  assert len({tuple(exp.draw_heldout(pool, 4, s)) for s in range(5)}) > 1
+  with pytest.raises(ValueError):
+    exp.draw_heldout(pool, 13, 0)
