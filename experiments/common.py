@@ -12,6 +12,7 @@ An experiment entry point (experiments/<name>.py) holds only its protocol: which
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -93,8 +94,8 @@ class Lab:
     if steps is not None:
       kd['steps'] = steps
     kcfg = ks.KSConfig.from_config(kd)
-    key = (kcfg, layers)
-    if key not in self._seeders:   # one Seeder (one compiled update) per KS setting, reused across seeds
+    key = (dataclasses.replace(kcfg, steps=1), layers)   # the update does not depend on the number of steps
+    if key not in self._seeders:   # one Seeder (one compiled update) per KS setting, reused across seeds and n
       judge = None
       if kcfg.gamma > 0 and kcfg.alpha < 1:
         from sleep_jax.rewards import Judge
@@ -102,6 +103,7 @@ class Lab:
         judge = self._judge
       self._seeders[key] = ks.Seeder(self.b.model, kcfg, self.tok, self.sampler, judge=judge)
     seeder = self._seeders[key]
+    seeder.kcfg = kcfg
     view = ks.View(layers, True)
     sp, scms, index = ks.expand_student(params, cms, layers)
     items = cycle_lib.context_items(self.tok, list(docs), tuple(templates or c.templates), seed,

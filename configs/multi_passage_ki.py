@@ -1,0 +1,34 @@
+"""Multi-passage knowledge incorporation (the paper's continued-pretraining setting): n passages in one sleep.
+
+  python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py --workdir=runs/multi_passage_ki
+  python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py:smoke --workdir=/tmp/mp --seeds=0,1
+
+Starts from configs/sleep.py (SmolLM2-135M-Instruct, Knowledge Seeding into one new expert per layer of CMS level 0)
+and adds `config.multi`. Sizes fit a 2-core CPU (a KS update on SmolLM2 is ~15-25 s here), chosen a priori, not tuned
+on the test split.
+"""
+import ml_collections as mlc
+
+from configs import sleep
+
+
+def get_config(arg: str = '') -> mlc.ConfigDict:
+  if arg not in ('', 'smoke'):
+    raise ValueError(f"configs/multi_passage_ki.py has variants '' and 'smoke', got {arg!r}")
+  c = sleep.get_config(arg)
+  c.unlock()
+  c.multi = mlc.ConfigDict(dict(
+      sizes=(1, 6),              # n: passages consolidated together in one sleep (the paper: 1, 200, 2067);
+                                 # 6 is the largest whose 3 seeds fit ~45 min of one core here
+      split='test',              # passages and their questions: held out (validation for tuning)
+      ks_steps_per_passage=3,    # Knowledge Seeding updates per passage (one prompt per update)
+      ft_steps_per_passage=4,    # fine-tuning baseline: updates per passage (all weights, AdamW, next-token)
+      ft_lr=3e-5, ft_batch=2,
+      seal_steps_per_passage=2,  # SEAL-style baseline: SFT steps on each passage's self-edits
+      variants=('sleep', 'finetune', 'seal')))
+  c.sleep.ks.prompts_per_step = 1
+  if arg == 'smoke':
+    c.multi.update(dict(sizes=(1, 2), split='validation', ks_steps_per_passage=1, ft_steps_per_passage=1,
+                        seal_steps_per_passage=1))
+  c.lock()
+  return c

@@ -1,0 +1,178 @@
+"""Multi-passage knowledge incorporation (PAPER sec. 5, the continued-pretraining setting).
+
+For each seed and each n in `config.multi.sizes`, n held-out passages are drawn (seeded, nested: the n=1 passage is
+the first of the n=8 ones) and consolidated in ONE run; then every question of all n passages is asked without its
+passage (greedy, answer recall %: a gold answer or alias appears in the answer). Rows:
+
+  before     the model before any update (floor)
+  sleep      Knowledge Seeding of all n passages into one new expert per layer of CMS level 0,
+             ks_steps_per_passage x n updates (the teacher reads each passage, the student does not)
+  finetune   plain fine-tuning of all weights on the n passage texts, ft_steps_per_passage x n updates
+  seal       SEAL-style: the model's own implications / restatements / QA pairs of each passage (dream.knowledge_task,
+             no random expert, no selection, no reward) applied by SFT to a new expert, no consolidation
+  ceiling    the pre-update model with the passage in its prompt
+
+plus the retention probe (NLL on validation essays; lower = less forgetting). Results: results.json (per seed and
+n), table.md (mean ± sd over seeds) and recall_vs_n.png in --workdir.
+
+  python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py --workdir=runs/multi_passage_ki
+  python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py --workdir=runs/mp0 --seeds=0   # per seed
+  python -m experiments.multi_passage_ki --workdir=runs/mp --from_results=runs/mp0/results.json,runs/mp1/results.json
+"""
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/multi_passage_ki.py', 'Experiment config.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
+_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files into --workdir.')
+
+ROWS = ('before', 'sleep', 'finetune', 'seal', 'ceiling')
+
+
+def draw(passages: list[dict], seed: int, n: int) -> list[dict]:
+  """The first n of a seeded permutation: nested in n for a fixed seed."""
+  import numpy as np
+  if n > len(passages):
+    raise ValueError(f'multi.sizes asks for {n} passages; the split has {len(passages)}')
+  order = np.random.default_rng([seed, 0x4d50]).permutation(len(passages))
+  return [passages[i] for i in order[:n]]
+
+
+def run_one(lab, config, docs: list[dict], seed: int) -> dict:
+  """Every row for one (seed, n): scores, probe NLL and seconds."""
+  import jax
+  from sleep_jax import evals
+  from sleep_jax.phases import consolidate as ks
+  from sleep_jax.phases import dream
+  m, n = config.multi, len(docs)
+  qa = lambda params, cms, ctx=False: evals.qa_eval(lab.sampler, params, cms, lab.tok, docs, with_context=ctx,
+                                                   max_new_tokens=config.knowledge.answer_tokens)
+  strip = lambda r: {k: v for k, v in r.items() if k != 'answers'} | {'answers': r['answers'][:5]}
+  out = {'seed': seed, 'n': n, 'passages': [d['id'] for d in docs], 'questions': sum(len(d['questions']) for d in docs)}
+  out['before'] = strip(qa(lab.params, lab.cms))
+  out['ceiling'] = strip(qa(lab.params, lab.cms, True))
+  for v in m.variants:
+    t0 = time.perf_counter()
+    if v == 'sleep':
+      params, cms, hist = lab.sleep(lab.params, lab.cms, docs, seed, steps=m.ks_steps_per_passage * n,
+                                    desc=f'sleep n={n}')
+      extra = {'ks_loss': [h['loss'] for h in hist]}
+    elif v == 'finetune':
+      params, hist = lab.finetune(lab.params, lab.cms, [(None, d['text']) for d in docs],
+                                  steps=m.ft_steps_per_passage * n, lr=m.ft_lr, seed=seed, batch_size=m.ft_batch)
+      cms, extra = lab.cms, {'loss': hist}
+    elif v == 'seal':
+      dr = lab_dreamer(lab, config)
+      layers = lab.layers()
+      sp, cms, index = ks.expand_student(lab.params, lab.cms, layers)
+      tasks = [dream.knowledge_task(d, dr.dcfg.probe_rows, seed) for d in docs]
+      params, hist = dr.self_edit_finetune(sp, cms, index, ks.View(layers, True), tasks, jax.random.key(seed),
+                                           steps=m.seal_steps_per_passage)
+      extra = {'sft_loss': hist}
+    else:
+      raise ValueError(f"multi.variants: unknown {v!r}; choose from {ROWS[1:-1]}")
+    out[v] = {**strip(qa(params, cms)), 'probe_nll': lab.probe(params, cms), 'seconds': time.perf_counter() - t0,
+              **extra}
+    print(f"seed {seed} n={n} {v}: recall {out[v]['recall']:.1f} F1 {out[v]['token_f1']:.1f} "
+          f"probe {out[v]['probe_nll']:.4f} ({out[v]['seconds']:.0f}s)", flush=True)
+    del params
+  return out
+
+
+def lab_dreamer(lab, config):
+  from sleep_jax.phases import dream
+  if not hasattr(lab, '_dreamer'):
+    dd = dict(config.sleep.dream)
+    dd.update(enabled=True, random_expert=False)
+    lab._dreamer = dream.Dreamer(lab.b.model, dream.DreamConfig.from_config(dd), lab.tok, lab.sampler)
+  return lab._dreamer
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from experiments import common
+  from sleep_jax import jobs
+  from sleep_jax.data import knowledge
+  if _FROM.value:
+    return merge(_FROM.value, _WORKDIR.value)
+  config = _CONFIG.value
+  m = config.multi
+  lab = common.Lab(config)
+  passages = jobs.cut_docs(knowledge.generate(m.split, allow_test=m.split == 'test'), config.knowledge.max_doc_chars)
+  probe0 = lab.probe(lab.params, lab.cms)
+  rows, t_all = [], time.perf_counter()
+  for seed in map(int, _SEEDS.value):
+    for n in m.sizes:
+      rows.append(run_one(lab, config, draw(passages, seed, n), seed))
+      common.save_results(_WORKDIR.value, {'rows': rows, 'probe_before': probe0, 'seeds': _SEEDS.value,
+                                           'split': m.split}, config)
+  report(rows, probe0, _WORKDIR.value, f'split {m.split}, seeds {",".join(_SEEDS.value)}, '
+         f'{time.perf_counter() - t_all:.0f}s wall, {jobs.run_info(config)["processor"]} x{os.cpu_count()} CPU')
+
+
+def merge(paths, workdir):
+  import json
+  rows, probe0 = [], None
+  for p in paths:
+    with open(p) as f:
+      r = json.load(f)
+    if probe0 is not None and abs(r['probe_before'] - probe0) > 1e-6:
+      raise ValueError(f'{p}: probe_before {r["probe_before"]} differs from {probe0}: not the same model')
+    rows, probe0 = rows + r['rows'], r['probe_before']
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump({'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)}, f, indent=1)
+  report(rows, probe0, workdir, f'merged from {", ".join(paths)}')
+
+
+def table(rows, probe0) -> str:
+  from experiments.common import mean_sd
+  sizes = sorted({r['n'] for r in rows})
+  names = [v for v in ROWS if any(v in r for r in rows)]
+  head = ' | '.join(f'recall %, n={n}' for n in sizes) + ' | ' + ' | '.join(f'probe NLL, n={n}' for n in sizes)
+  lines = [f'| row | {head} |', '|---|' + '---:|' * (2 * len(sizes))]
+  for v in names:
+    rec = [mean_sd(r[v]['recall'] for r in rows if r['n'] == n and v in r) for n in sizes]
+    pr = [mean_sd((r[v]['probe_nll'] for r in rows if r['n'] == n and v in r), '.4f')
+          if any('probe_nll' in r.get(v, {}) for r in rows if r['n'] == n) else '-' for n in sizes]
+    lines.append(f'| {v} | ' + ' | '.join(rec + pr) + ' |')
+  seeds = sorted({r['seed'] for r in rows})
+  qs = {n: [r['questions'] for r in rows if r['n'] == n] for n in sizes}
+  return '\n'.join(lines) + (f'\n\nNo-context answer recall over all questions of the n passages; mean ± sd over seeds '
+                             f'{seeds}; questions per run: ' + ', '.join(f'n={n}: {min(q)}-{max(q)}'
+                                                                       for n, q in qs.items())
+                             + f'. Retention probe before: {probe0:.4f}.')
+
+
+def report(rows, probe0, workdir, footer):
+  from experiments import common
+  import numpy as np
+  common.write_table(workdir, table(rows, probe0), footer)
+  plt = common.pyplot()
+  sizes = sorted({r['n'] for r in rows})
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for v in [v for v in ROWS if any(v in r for r in rows)]:
+    per = [[r[v]['recall'] for r in rows if r['n'] == n and v in r] for n in sizes]
+    ax.errorbar(sizes, [np.mean(p) for p in per], yerr=[np.std(p, ddof=1) if len(p) > 1 else 0 for p in per],
+                marker='o', capsize=3, label=v)
+  ax.set_xscale('log')
+  ax.set_xticks(sizes)
+  ax.set_xticklabels([str(s) for s in sizes])
+  ax.set_xlabel('passages consolidated in one run (n)')
+  ax.set_ylabel('no-context answer recall (%)')
+  ax.set_title(f'Multi-passage knowledge incorporation, seeds {sorted({r["seed"] for r in rows})}', fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, 'recall_vs_n.png'), dpi=120)
+
+
+if __name__ == '__main__':
+  app.run(main)
