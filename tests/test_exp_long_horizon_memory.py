@@ -1,0 +1,99 @@
+"""Long-horizon memory experiment: window cutting, the CMS sleep schedule, answer recall, the per-seed table, and
+the smoke run end to end (tiny random model)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import long_horizon_memory as E
+from sleep_jax.data import long_horizon as H
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('m', [2, 4, 5])
+def test_cut_windows_exact_count_balanced_and_needles_whole(m):
+  it = H.make_item('mk_niah', 'validation', 1, window=128, multiplier=m, depths=[0.1, 0.5, 0.9], n_keys=3)
+  ws = E.cut_windows(it['stream'], m, H.approx_tokens)
+  assert len(ws) == m
+  assert ' '.join(' '.join(ws).split()) == ' '.join(it['stream'].split())     # nothing lost, nothing added
+  sizes = [H.approx_tokens(w) for w in ws]
+  assert max(abs(s - 128) for s in sizes) < 80, sizes                     # cut near k/m of the tokens
+  qs = E.needle_questions(it, ws)
+  assert [q['window'] for q in qs] == sorted(q['window'] for q in qs)
+  for q in qs:
+    assert q['answer'] in ws[q['window']] and all(q['answer'] not in w for i, w in enumerate(ws) if i != q['window'])
+  assert qs[0]['window'] == 0 and qs[-1]['window'] == m - 1                 # depth 0.1 dropped, 0.9 in context
+  with pytest.raises(ValueError):
+    E.cut_windows('One sentence only.', 2, H.approx_tokens)
+
+
+def test_sleep_schedule_against_enumeration():
+  # Independent reference: level l fires at drops t with t % 2^l == 0, on windows t-2^l .. t-1.
+  for d in range(0, 9):
+    for L in (1, 2, 3):
+      want = [(t, l, list(range(t - 2 ** l, t))) for t in range(1, d + 1) for l in range(L) if t % 2 ** l == 0]
+      assert E.sleep_schedule(d, L, 2) == want
+      assert E.sleeps_per_level(d, L, 2) == [d // 2 ** l for l in range(L)]
+  # Every dropped window is consolidated by every level that fired over it, each window at most once per level.
+  sched = E.sleep_schedule(4, 3, 2)
+  for l in range(3):
+    ws = [w for _, lv, s in sched if lv == l for w in s]
+    assert ws == sorted(set(ws)) == list(range(4))
+  assert [g[0] for g in E.level_groups(30, 3, 2)] == [0, 10, 20]
+  assert sum(len(g) for g in E.level_groups(30, 2, 2)) == 30
+  with pytest.raises(ValueError):
+    E.sleep_schedule(3, 0, 2)
+
+
+def test_recall_and_per_seed_table():
+  assert E.recall('1234567', 'The number is 1234567.')
+  assert not E.recall('1234567', 'The number is 12345678.')
+  assert not E.recall('1234567', 'I do not know.')
+  rows = []
+  # seed 0: 1/2 right at m=2, 2/2 at m=4; seed 1: 0/2 and 1/2  ->  m=2: [50, 0], m=4: [100, 50]
+  for seed, m, ok in [(0, 2, [1, 0]), (0, 4, [1, 1]), (1, 2, [0, 0]), (1, 4, [0, 1])]:
+    for i, c in enumerate(ok):
+      rows.append({'seed': seed, 'multiplier': m, 'method': 'icl', 'correct': bool(c), 'depth': 0.1 + 0.8 * i,
+                   'window': i * (m - 1), 'key': f'k{i}', 'stream': f's{seed}{m}'})
+  assert E.per_seed(rows, 'icl', 'multiplier') == {2: [50.0, 0.0], 4: [100.0, 50.0]}
+  table = E.summarize(rows, ['icl'])
+  # all: seed 0 3/4, seed 1 1/4; dropped windows only (window < m - 1, the i = 0 needles): seed 0 2/2, seed 1 0/2
+  assert '| icl | 25.0 ± 35.4 | 75.0 ± 35.4 | 50.0 ± 35.4 | 50.0 ± 70.7 |' in table
+
+
+def test_smoke_run_end_to_end(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             TF_CPP_MIN_LOG_LEVEL='3')
+  out = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'experiments.long_horizon_memory', '--config=configs/long_horizon_memory.py:smoke',
+         f'--workdir={out}', '--seeds=0,1', '--multipliers=2']
+  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for f in ('results.json', 'table.md', 'accuracy_vs_length.png', 'accuracy_vs_depth.png'):
+    assert (out / f).exists(), f
+  res = json.loads((out / 'results.json').read_text())
+  assert {'rows', 'streams', 'methods', 'config', 'seconds'} <= set(res)
+  methods = E.methods_of(res['config']['lhm']['levels'])
+  assert res['methods'] == methods
+  # 2 seeds x 1 stream x 2 needles per method
+  for m in methods:
+    assert sum(r['method'] == m for r in res['rows']) == 4, m
+  assert all(r['in_context'] == (r['window'] == 1) for r in res['rows'] if r['method'] != 'full_context')
+  sl = [r for r in res['rows'] if r['method'] == 'sleep_L1' and 'sleeps' in r]
+  assert len(sl) == 2 and all(len(r['sleeps']) == 1 for r in sl)     # m=2: one dropped window, one sleep
+  table = (out / 'table.md').read_text()
+  assert 'sleep_L3' in table and '±' in table
+  # --from_results merges per-seed runs; a duplicate is refused
+  merged = tmp_path / 'merged'
+  r = subprocess.run([sys.executable, '-m', 'experiments.long_horizon_memory', f'--workdir={merged}',
+                      f'--from_results={out}/results.json'], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (merged / 'table.md').read_text().split('\n\n')[:3] == table.split('\n\n')[:3]
+  r = subprocess.run([sys.executable, '-m', 'experiments.long_horizon_memory', f'--workdir={merged}',
+                      f'--from_results={out}/results.json,{out}/results.json'], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode != 0 and 'appears twice' in r.stderr
