@@ -16,6 +16,6 @@ def test_notebook_runs(path, monkeypatch):
   monkeypatch.setenv('PYTHONPATH', root + os.pathsep + os.environ.get('PYTHONPATH', ''))
   monkeypatch.setenv('XLA_FLAGS', '')  # the kernel is its own process: one CPU device is enough
   nb = nbformat.read(path, as_version=4)
-  nbclient.NotebookClient(nb, timeout=300, kernel_name='python3', resources={'metadata': {'path': root}}).execute()
+  nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', resources={'metadata': {'path': root}}).execute()
   errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
   assert not errors
