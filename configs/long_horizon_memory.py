@@ -25,25 +25,32 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       split='test',              # held-out essays, keys and values; 'validation' for tuning
       window=128,                # context window in tokens (SmolLM2 tokenizer); the stream is cut into
                                  # `multiplier` windows at the sentence ends nearest to k/multiplier of its tokens
-      multipliers=(2, 5),        # stream lengths in windows: 2 (1 dropped window) and 5 (4 dropped: every level of
-                                 # a 3-level sleep fires at least once, periods 1, 2, 4 windows)
+      multipliers=(2, 4),        # stream lengths in windows: 2 (1 dropped window) and 4 (3 dropped). Cost-bound:
+                                 # with periods 1, 2, 4 windows the slowest level of sleep_L3 needs >= 4 dropped
+                                 # windows, so at these lengths it never sleeps (m=5 would cost ~1.5x the sleeps)
       depths=(0.1, 0.5, 0.9),    # needle depths (fraction of the stream before the needle)
       streams=1,                 # streams per (seed, multiplier); the seed picks the stream (data index = seed)
       levels=(1, 2, 3),          # the sleep rows: number of CMS levels
       level_factor=2,            # level l sleeps every level_factor^l dropped windows (C^(l) divides C^(l+1))
       answer_tokens=32,          # greedy answer length
-      ft_steps=3,                # continual fine-tuning: AdamW updates on each dropped window (all weights)
+      ft_steps=2,                # continual fine-tuning: AdamW updates on each dropped window (all weights; as
+                                 # many updates as one sleep's KS steps)
       ft_lr=1e-4,                # its learning rate (a priori: 3e-5 of the KI experiment x ~3 for so few steps)
       ft_seq_len=192,            # fine-tuning row length in tokens (a window is ~window tokens + a sentence)
       # Knowledge Seeding prompts for a window (PAPER sec. 3 default: prefixes of the wake context, plus a
       # task-style instruction that does not name any key): the teacher reads the window, the student does not.
       templates=('List the facts, names and numbers stated in the text.', 'Complete the sentence: {prefix}'),
-      prefix_prompts=2,          # sentence-prefix prompts per window
+      prefix_prompts=1,          # sentence-prefix prompts per window (2 prompts per window = 2 KS steps' worth)
   ))
   # Expert pool: level 0 sleeps once per dropped window, so it needs max(multipliers) - 1 slots.
   c.model.n_experts = max(c.lhm.multipliers) - 1
-  c.sleep.ks.steps = 3           # KS updates per sleep (each ~10-25 s on 2 CPU cores with SmolLM2)
+  # Knowledge Seeding per sleep, sized for cost (measured with SmolLM2 on the loaded 2-core machine: one sleep
+  # of 2 updates ~60 s + ~65 s to compile the update for each new layer group): 2 updates of 1 prompt x
+  # (1 teacher + 2 student) rows, 16 new tokens; gamma = 0 drops the judge's r_sem (README: the frozen 135M
+  # judge scored identical and unrelated pairs alike) and its extra forward pass.
+  c.sleep.ks.update(dict(steps=2, prompts_per_step=1, group_size=2, max_new_tokens=16, gamma=0.0))
   c.sleep.dream.enabled = False  # consolidation only: Dreaming would multiply the cost per sleep
+  c.sampling.prompt_buckets = (32, 64, 128, 256, 512, 1024)   # full_context reads the whole stream (~4 x 128)
   if arg == 'smoke':
     c.lhm.update(dict(window=160, multipliers=(2, 3), depths=(0.1, 0.9), answer_tokens=8, ft_steps=1,
                       ft_seq_len=96, prefix_prompts=1))

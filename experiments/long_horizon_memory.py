@@ -56,14 +56,19 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/long_horizon_memory.py', 'Experiment config.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (stream draw, KS sampling, fine-tuning order).')
-_MULTS = flags.DEFINE_list('multipliers', [], 'Stream lengths in windows (default: config.lhm.multipliers).')
-_METHODS = flags.DEFINE_list('methods', [], 'Rows to run (default: all: full_context, icl, finetune, sleep_L*).')
-_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
-                          'run in parallel) into one table and plots in --workdir.')
+
+
+def define_flags():
+  """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
+  it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
+  config_flags.DEFINE_config_file('config', 'configs/long_horizon_memory.py', 'Experiment config.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (stream draw, KS sampling, fine-tuning order).')
+  flags.DEFINE_list('multipliers', [], 'Stream lengths in windows (default: config.lhm.multipliers).')
+  flags.DEFINE_list('methods', [], 'Rows to run (default: all: full_context, icl, finetune, sleep_L*).')
+  flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed or per '
+                    'method group, run in parallel) into one table and plots in --workdir.')
+
 
 _SENTENCE_END = re.compile(r'[.?!]["”’)]?\s+')
 _NEEDLE = re.compile(r'^The special magic number for (\S+) is: (\d+)\.$')
@@ -200,17 +205,18 @@ def run_stream(lab, config, item: dict, windows: list[str], qs: list[dict], meth
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  if _FROM.value:
-    return merge_main(_FROM.value, _WORKDIR.value)
+  F = flags.FLAGS
+  if F.from_results:
+    return merge_main(F.from_results, F.workdir)
   from experiments.common import Lab, save_results
   from sleep_jax.data import long_horizon as H
-  config = _CONFIG.value
+  config = F.config
   c = config.lhm
   if c.kind not in ('niah', 'mk_niah'):
     raise ValueError(f"lhm.kind must be 'niah' or 'mk_niah' (key -> value needles), got {c.kind!r}")
-  seeds = [int(s) for s in _SEEDS.value]
-  mults = [int(m) for m in (_MULTS.value or c.multipliers)]
-  methods = _METHODS.value or methods_of(c.levels)
+  seeds = [int(s) for s in F.seeds]
+  mults = [int(m) for m in (F.multipliers or c.multipliers)]
+  methods = F.methods or methods_of(c.levels)
   for m in methods:
     if m not in methods_of(c.levels):
       raise ValueError(f'unknown method {m!r}; known: {methods_of(c.levels)}')
@@ -246,11 +252,11 @@ def main(argv):
           print(f"seed {seed} stream {item['id']}: {streams[-1]['tokens']} tokens, windows "
                 f"{streams[-1]['window_tokens']}, needles in windows {streams[-1]['needle_windows']}", flush=True)
           rows += run_stream(lab, config, item, windows, qs, methods, seed, groups_of)
-          save_results(_WORKDIR.value, {'rows': rows, 'streams': streams, 'methods': methods,
+          save_results(F.workdir, {'rows': rows, 'streams': streams, 'methods': methods,
                                         'seconds': time.perf_counter() - t_all}, config)
   secs = time.perf_counter() - t_all
-  save_results(_WORKDIR.value, {'rows': rows, 'streams': streams, 'methods': methods, 'seconds': secs}, config)
-  report(rows, methods, _WORKDIR.value, f'split {c.split}, seeds {",".join(map(str, seeds))}, '
+  save_results(F.workdir, {'rows': rows, 'streams': streams, 'methods': methods, 'seconds': secs}, config)
+  report(rows, methods, F.workdir, f'split {c.split}, seeds {",".join(map(str, seeds))}, '
          f'multipliers {mults}, window {c.window} tokens, depths {list(c.depths)}, KS steps {config.sleep.ks.steps}; '
          f'{secs:.0f}s wall')
 
@@ -371,4 +377,5 @@ def plot(rows, methods, by, xlabel, path):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -68,32 +68,31 @@ def test_smoke_run_end_to_end(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              TF_CPP_MIN_LOG_LEVEL='3')
   out = tmp_path / 'run'
+  # m = 3 windows: 2 dropped, so sleep_L2 runs both its levels (level 0 at drops 1 and 2, level 1 on both windows)
+  methods = ['icl', 'finetune', 'sleep_L2']   # full_context differs from icl only in the prompt (and compiles a long one)
   cmd = [sys.executable, '-m', 'experiments.long_horizon_memory', '--config=configs/long_horizon_memory.py:smoke',
-         f'--workdir={out}', '--seeds=0,1', '--multipliers=2']
+         f'--workdir={out}', '--seeds=0,1', '--multipliers=3', f'--methods={",".join(methods)}']
   r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   for f in ('results.json', 'table.md', 'accuracy_vs_length.png', 'accuracy_vs_depth.png'):
     assert (out / f).exists(), f
   res = json.loads((out / 'results.json').read_text())
   assert {'rows', 'streams', 'methods', 'config', 'seconds'} <= set(res)
-  methods = E.methods_of(res['config']['lhm']['levels'])
   assert res['methods'] == methods
-  # 2 seeds x 1 stream x 2 needles per method
-  for m in methods:
+  for m in methods:   # 2 seeds x 1 stream x 2 needles per method
     assert sum(r['method'] == m for r in res['rows']) == 4, m
-  assert all(r['in_context'] == (r['window'] == 1) for r in res['rows'] if r['method'] != 'full_context')
-  sl = [r for r in res['rows'] if r['method'] == 'sleep_L1' and 'sleeps' in r]
-  assert len(sl) == 2 and all(len(r['sleeps']) == 1 for r in sl)     # m=2: one dropped window, one sleep
+  assert all(r['in_context'] == (r['window'] == 2) for r in res['rows'])
+  sl = [r['sleeps'] for r in res['rows'] if r['method'] == 'sleep_L2' and 'sleeps' in r]
+  assert len(sl) == 2
+  for s in sl:
+    assert [(x['drop'], x['level'], x['windows']) for x in s] == [(1, 0, [0]), (2, 0, [1]), (2, 1, [0, 1])]
+  ft = [r['ft_losses'] for r in res['rows'] if r['method'] == 'finetune' and 'ft_losses' in r]
+  assert len(ft) == 2 and all(len(f) == 2 for f in ft)        # one fine-tuning per dropped window
   table = (out / 'table.md').read_text()
-  assert 'sleep_L3' in table and '±' in table
-  # --from_results merges per-seed runs; a duplicate is refused
+  assert 'sleep_L2' in table and '3 windows' in table and '±' in table
+  # --from_results merges per-seed runs (same table); a duplicate is refused
   merged = tmp_path / 'merged'
-  r = subprocess.run([sys.executable, '-m', 'experiments.long_horizon_memory', f'--workdir={merged}',
-                      f'--from_results={out}/results.json'], cwd=ROOT, env=env, capture_output=True, text=True,
-                     timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
+  E.merge_main([str(out / 'results.json')], str(merged))
   assert (merged / 'table.md').read_text().split('\n\n')[:3] == table.split('\n\n')[:3]
-  r = subprocess.run([sys.executable, '-m', 'experiments.long_horizon_memory', f'--workdir={merged}',
-                      f'--from_results={out}/results.json,{out}/results.json'], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=300)
-  assert r.returncode != 0 and 'appears twice' in r.stderr
+  with pytest.raises(ValueError, match='appears twice'):
+    E.merge_main([str(out / 'results.json')] * 2, str(merged))
