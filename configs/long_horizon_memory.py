@@ -25,9 +25,11 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       split='test',              # held-out essays, keys and values; 'validation' for tuning
       window=128,                # context window in tokens (SmolLM2 tokenizer); the stream is cut into
                                  # `multiplier` windows at the sentence ends nearest to k/multiplier of its tokens
-      multipliers=(2, 4),        # stream lengths in windows: 2 (1 dropped window) and 4 (3 dropped). Cost-bound:
-                                 # with periods 1, 2, 4 windows the slowest level of sleep_L3 needs >= 4 dropped
-                                 # windows, so at these lengths it never sleeps (m=5 would cost ~1.5x the sleeps)
+      multipliers=(2, 3),        # stream lengths in windows: 2 (1 dropped window) and 3 (2 dropped). Cost-bound (the
+                                 # 2 shared CPU slots): with periods 1, 2, 4 windows the slowest level of sleep_L3
+                                 # needs >= 4 dropped windows, so at these lengths it never sleeps; sleep_L3 then
+                                 # differs from sleep_L2 by its thinner fast level (10 vs 15 layers). m = 5 would
+                                 # cost ~2.5x the sleeps.
       depths=(0.1, 0.5, 0.9),    # needle depths (fraction of the stream before the needle)
       streams=1,                 # streams per (seed, multiplier); the seed picks the stream (data index = seed)
       levels=(1, 2, 3),          # the sleep rows: number of CMS levels

@@ -34,15 +34,19 @@ accuracy_vs_length.png, accuracy_vs_depth.png. The final numbers use the held-ou
 on it (the knobs in configs/long_horizon_memory.py were set a priori for cost; use --config.lhm.split=validation
 to tune).
 
-  # full run (two seeds in the two CPU slots, then the third), then merge:
-  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/s0 --seeds=0
-  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/s1 --seeds=1
-  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/s2 --seeds=2
-  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory \\
-      --from_results=runs/long_horizon_memory/s0/results.json,runs/long_horizon_memory/s1/results.json,...
+  # full run as measured: the rows split over the two CPU slots (all seeds in each: one compile per layer group),
+  # then merged:
+  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/a \
+      --methods=sleep_L1,sleep_L3
+  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/b \
+      --methods=full_context,icl,finetune,sleep_L2
+  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory \
+      --from_results=runs/long_horizon_memory/a/results.json,runs/long_horizon_memory/b/results.json
+  # or per seed: --seeds=0 --workdir=.../s0, --seeds=1 ..., merged the same way
   # smoke (tiny random model, seconds):
   python -m experiments.long_horizon_memory --config=configs/long_horizon_memory.py:smoke --workdir=/tmp/lhm
---multipliers=5 runs one stream length only (to split a seed over the two slots); --methods picks rows.
+--multipliers=3 runs one stream length only; --methods picks rows (the full run split the rows over the two
+slots: sleep_L1,sleep_L3 in one, the rest in the other; --from_results merges them).
 """
 from __future__ import annotations
 
@@ -272,12 +276,14 @@ def merge_main(paths, workdir):
     if 'rows' not in r:
       raise ValueError(f'{p}: not a long_horizon_memory results.json (no rows)')
     rows += r['rows']
-    streams += r['streams']
-    methods = r['methods'] if methods is None else [m for m in methods if m in r['methods']]
+    streams += [x for x in r['streams'] if (x['seed'], x['id']) not in {(y['seed'], y['id']) for y in streams}]
+    methods = (methods or []) + [m for m in r['methods'] if m not in (methods or [])]   # runs may split the rows
     secs.append(round(r['seconds']))
     if config is not None and r['config'].get('lhm') != config.get('lhm'):
       raise ValueError(f'{p}: its lhm config differs from {paths[0]}')
     config = r['config']
+  order = methods_of(config['lhm']['levels'])
+  methods = sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
   keys = [(r['seed'], r['stream'], r['method'], r['key']) for r in rows]
   if len(set(keys)) != len(keys):
     raise ValueError('--from_results: the same (seed, stream, method, needle) appears twice')

@@ -64,6 +64,27 @@ def test_recall_and_per_seed_table():
   assert '| icl | 25.0 ± 35.4 | 75.0 ± 35.4 | 50.0 ± 35.4 | 50.0 ± 70.7 |' in table
 
 
+def test_merge_runs_split_by_method(tmp_path):
+  """The full run splits the rows over two processes: the merge is their union, in the canonical row order."""
+  cfg = {'lhm': {'levels': [1, 2], 'split': 'test', 'window': 128, 'depths': [0.1, 0.9]}, 'sleep': {'ks': {'steps': 2}}}
+  def row(meth, seed, ok):
+    return {'seed': seed, 'multiplier': 2, 'method': meth, 'correct': ok, 'depth': 0.1, 'window': 0, 'key': 'k',
+            'stream': f's{seed}', 'probe_nll': 1.0, 'seconds': 1.0}
+  paths = []
+  for name, meths in [('a', ['sleep_L2']), ('b', ['icl', 'sleep_L1'])]:
+    p = tmp_path / name / 'results.json'
+    p.parent.mkdir()
+    p.write_text(json.dumps({'rows': [row(m, s, s == 0) for m in meths for s in (0, 1)], 'methods': meths,
+                             'streams': [{'seed': s, 'id': f's{s}'} for s in (0, 1)], 'seconds': 5, 'config': cfg}))
+    paths.append(str(p))
+  E.merge_main(paths, str(tmp_path / 'm'))
+  res = json.loads((tmp_path / 'm' / 'results.json').read_text())
+  assert res['methods'] == ['icl', 'sleep_L1', 'sleep_L2'] and len(res['streams']) == 2
+  table = (tmp_path / 'm' / 'table.md').read_text()
+  for m in res['methods']:
+    assert f'| {m} | 50.0 ± 70.7 |' in table
+
+
 def test_smoke_run_end_to_end(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              TF_CPP_MIN_LOG_LEVEL='3')
