@@ -130,9 +130,9 @@ class PrefixScorer:
       raise ValueError('PrefixScorer: the prompts share no prefix (each needs >= 2 tokens and a common start)')
     buckets = lab.config.sampling.prompt_buckets
     Pb = bucket(P, buckets, 'shared prompt prefix', 'prompt')
-    U = bucket(max(len(p) - P - 1 for p in prompts), (8, 16, 32, 64, 128, 256), 'prompt tail')
+    U = bucket(max(len(p) - P - 1 for p in prompts), (8, 16, 24, 32, 48, 64, 128, 256), 'prompt tail')
     Lc = bucket(1 + max(len(c) for c in cands), (8, 10, 12, 16, 32, 64), 'candidate')
-    C = min(self.chunk, bucket(len(cands), (8, 16, 32, 64, 128, 256, 512), 'candidates'))
+    C = min(self.chunk, bucket(len(cands), (4, 8, 12, 16, 24, 32, 64, 128, 256), 'candidates'))
     pre = np.full((1, Pb), pad, np.int32)
     pre[0, Pb - P:] = prompts[0][:P]
     pvalid = np.arange(Pb) >= Pb - P
