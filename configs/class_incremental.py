@@ -40,6 +40,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       # (3) EWC: + lambda/2 sum F (theta - theta_prev)^2, Fisher from n examples of the previous stages' data at
       # the previous stage's weights. lambda chosen on 'validation' (ewc_lambdas tried; see the module docstring).
       ewc_lambda=1e6, ewc_lambdas=(1e4, 1e7), fisher_examples=4,   # ewc_lambda: used unless --ewc_select
+      select_eval_per_class=4,      # --ewc_select: validation utterances per class (stages 1-2)
       # (4) sleep: each stage's document = the stage's class descriptions + doc_per_class "utterance -> label"
       # lines per class; KS student prompts are other train utterances of the stage in the classification
       # prompt (teacher: the same prompt after the document, i.e. in-context learning distilled into a new
@@ -47,12 +48,12 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       doc_per_class=2, docs_per_stage=2, sleep_prompts=6))
   if arg == 'smoke':
     c.sleep.ks.update(dict(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=8))
-    c.ci.update(dict(n_stages=2, eval_per_class=1, score_chunk=8, icl_max_k=1, icl_max_tokens=500,
+    c.ci.update(dict(n_stages=2, eval_per_class=1, score_chunk=8, icl_max_k=1, icl_max_tokens=1000,
                      ft_steps=2, ft_batch=4, ft_seq_len=256, ft_trainable='.*', ewc_lambdas=(1.0, 100.0), ewc_lambda=1.0,
-                     fisher_examples=2, doc_per_class=1, docs_per_stage=1, sleep_prompts=2))
+                     fisher_examples=2, select_eval_per_class=1, doc_per_class=1, docs_per_stage=1, sleep_prompts=2))
     c.model.n_experts = 2
     c.model.max_seq_len = 2048
-    c.sampling.prompt_buckets = (64, 128, 256, 512, 1024)   # bytes: a document is ~1000 tokens
+    c.sampling.prompt_buckets = (64, 128, 256, 512, 768, 1024)   # bytes: a document is ~300-700 tokens
     c.ci.data_stages = 35          # stages of 2 classes keep the byte-level documents short
   else:
     c.sampling.prompt_buckets = (32, 64, 128, 256, 320, 384, 512, 768, 1024)
