@@ -34,10 +34,11 @@ stage 2 (the first stage with a penalty) on the 'validation' split (first seed o
 utterances per class), then runs the test seeds with it (ewc_selection.json holds the validation numbers); nothing
 is tuned on 'test'. Every other knob was set a priori for a 2-core CPU budget.
 
-  python -m experiments.class_incremental --workdir=runs/class_incremental/s01 --seeds=0,1 --ewc_select
-  python -m experiments.class_incremental --workdir=runs/class_incremental/s2 --seeds=2 --ewc_select  # in parallel
+  python -m experiments.class_incremental --workdir=runs/class_incremental/s0 --seeds=0 --ewc_select
+  python -m experiments.class_incremental --workdir=runs/class_incremental/s12 --seeds=1,2 \
+      --ewc_lambda_from=runs/class_incremental/s0/ewc_selection.json                               # in parallel
   python -m experiments.class_incremental --workdir=runs/class_incremental \
-      --from_results=runs/class_incremental/s01/results.json,runs/class_incremental/s2/results.json
+      --from_results=runs/class_incremental/s0/results.json,runs/class_incremental/s12/results.json
   python -m experiments.class_incremental --workdir=/tmp/ci_val --split=validation --seeds=0 --methods=ewc --ewc_sweep
   python -m experiments.class_incremental --config=configs/class_incremental.py:smoke --workdir=/tmp/ci --seeds=0,1
 Writes results.json (one row per seed), table.md (mean ± sd over seeds) and accuracy_by_stage.png to --workdir.
@@ -67,6 +68,9 @@ _EWC_SWEEP = flags.DEFINE_bool('ewc_sweep', False, 'Run EWC once per ci.ewc_lamb
 _EWC_SELECT = flags.DEFINE_bool('ewc_select', False, 'First choose EWC lambda among ci.ewc_lambdas by the final '
                                  "accuracy on the 'validation' split (first seed; ties -> the earlier value), then run "
                                  'the seeds with it; the validation numbers go to ewc_selection.json.')
+_LAMBDA_FROM = flags.DEFINE_string('ewc_lambda_from', '', "Another run's ewc_selection.json (its --ewc_select): "
+                                   'use its lambda if the file exists when EWC starts, else choose as --ewc_select '
+                                   'does (lets two seeds run in parallel without choosing twice).')
 _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
                           'run in parallel) into one table and plot in --workdir.')
 
@@ -274,8 +278,7 @@ def run_seed(lab, scorer, config, seed: int, split: str, methods, lambdas) -> di
   c = config.ci
   run = Run(lab, scorer, config, seed, split)
   S = c.n_stages
-  rec = {'seed': seed, 'split': split, 'stages': run.d['stages'], 'methods': {}, 'seconds': {},
-         'ewc_lambdas': list(lambdas)}
+  rec = {'seed': seed, 'split': split, 'stages': run.d['stages'], 'methods': {}, 'seconds': {}}
   base = (lab.params, lab.cms)
 
   def log(m, s, r, t0, extra=''):
@@ -320,6 +323,9 @@ def run_seed(lab, scorer, config, seed: int, split: str, methods, lambdas) -> di
       return res
     if 'finetune' in methods:
       chain('finetune', ft)
+    if 'ewc' in methods:
+      lambdas = lambdas() if callable(lambdas) else lambdas   # resolved only now (--ewc_lambda_from)
+      rec['ewc_lambdas'] = list(lambdas)
     for lam in (lambdas if 'ewc' in methods else ()):
       def ewc(s, st, lam=lam):
         if s == 0:
@@ -473,6 +479,17 @@ def main(argv):
   if _EWC_SELECT.value and 'ewc' in _METHODS.value:
     lam = select_lambda(lab, scorer, config, seeds[0], _WORKDIR.value)
   lambdas = tuple(config.ci.ewc_lambdas) if _EWC_SWEEP.value else (lam,)
+  if _LAMBDA_FROM.value and not _EWC_SELECT.value:
+    def lambdas():   # when EWC is reached: another run's choice if it is there by then, else choose here
+      path = _LAMBDA_FROM.value
+      if os.path.exists(path):
+        with open(path) as f:
+          chosen = json.load(f)['chosen']
+        print(f'EWC lambda {chosen:g} from {path}', flush=True)
+      else:
+        print(f'{path} not there yet: choosing EWC lambda here', flush=True)
+        chosen = select_lambda(lab, scorer, config, seeds[0], _WORKDIR.value)
+      return (chosen,)
   rows = []
   for seed in seeds:
     rows.append(run_seed(lab, scorer, config, seed, _SPLIT.value, _METHODS.value, lambdas))
@@ -480,7 +497,8 @@ def main(argv):
     save_results(_WORKDIR.value, {'rows': rows}, config)   # partial results after each seed
   report(rows, _WORKDIR.value, config,
          f'Seeds {",".join(map(str, seeds))}; split {_SPLIT.value}; accuracy %, mean ± sd over seeds; EWC lambda '
-         f'{", ".join(f"{l:g}" for l in lambdas)}; {config.model.source}, {time.perf_counter() - t_all:.0f}s wall.')
+         f'{", ".join(sorted({f"{l:g}" for r in rows for l in r.get("ewc_lambdas", [])}))}; {config.model.source}, '
+         f'{time.perf_counter() - t_all:.0f}s wall.')
 
 
 if __name__ == '__main__':
