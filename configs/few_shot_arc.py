@@ -20,9 +20,10 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.job = 'few_shot_arc'
   c.arc = mlc.ConfigDict(dict(
       split='test',             # held-out tasks: 'test' for the final numbers, 'validation' for any tuning
-      n_train=4,                # training tasks for the dream generator (the smallest of the 'train' split)
-      heldout_pool=12,          # the smallest `heldout_pool` tasks of `split` whose answer fits answer_tokens ...
-      n_heldout=4,              # ... of which each seed draws `n_heldout` (seeded), so 3 seeds see up to 12 tasks
+      n_train=2,                # training tasks for the dream generator (the smallest of the 'train' split)
+      heldout_pool=10,          # the smallest `heldout_pool` tasks of `split` whose answer fits answer_tokens ...
+      n_heldout=1,              # ... of which each seed draws `n_heldout` (seeded): 3 seeds, 3 tasks. Sized to the
+                                # machine: a held-out task costs ~8 min of a shared CPU core (15 answers, 10 dreams)
       dreams_per_task=5,        # held-out stage (SEAL protocol): self-edits per held-out task, each tested alone
       ttt_steps=3,              # test-time training: full-batch steps on the leave-one-out demonstrations
       heldout_random_expert=False,   # held-out dreams with the random extra expert (False: SEAL and sleep
@@ -33,16 +34,20 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   # overridden there by arc.dreams_per_task). Sizes a priori for 2 CPU cores, not tuned on test.
   c.sleep.dream.update(dict(
       n_dreams=5, top_k=2, n_random=1,   # 3 of 5 dreams tested per training task and round
-      rounds=2,                          # ReST-EM rounds over the training tasks
+      rounds=1,                          # ReST-EM rounds over the training tasks (~3 min per task and round)
       max_new_tokens=64,                 # a new 3x3..6x6 input/output pair with its 'Input:'/'Output:' labels
       inner_steps=3, inner_lr=1e-2,      # each isolated copy (training rounds and held-out self-edits alike)
       mstep_steps=2, lr=5e-3, probe_rows=4))
-  c.sampling.gen_buckets = (16, 32, 64)
+  # Few shapes, few compilations (each costs minutes on a shared 2-core machine): every ARC prompt (answers,
+  # dreams' generator prompts, leave-one-out probes; <= ~350 SmolLM2 tokens for the 10 smallest held-out tasks)
+  # pads to 384, the dreams' memory-format prompts to 64; answers and dreams share one generation bucket.
+  c.sampling.prompt_buckets = (64, 384)
+  c.sampling.gen_buckets = (64,)
   if arg == 'smoke':
     c.arc.update(dict(n_train=1, heldout_pool=2, n_heldout=1, dreams_per_task=2, ttt_steps=2, max_answer_tokens=16))
-    c.sleep.dream.update(dict(n_dreams=2, top_k=1, n_random=0, rounds=1, max_new_tokens=8, inner_steps=1,
+    c.sleep.dream.update(dict(n_dreams=2, top_k=1, n_random=0, rounds=1, max_new_tokens=16, inner_steps=1,
                               mstep_steps=1, probe_rows=2))
-    c.sampling.gen_buckets = (8, 16)
-    c.sampling.prompt_buckets = (64, 128, 256, 384)
+    c.sampling.gen_buckets = (16,)
+    c.sampling.prompt_buckets = (64, 480)   # byte tokens: an ARC prompt is ~300-470 bytes
   c.lock()
   return c

@@ -3,8 +3,9 @@
 Data: the curated small-grid ARC-AGI-1 subset (sleep_jax/data/arc.py). The dream generator trains on the
 `arc.n_train` smallest 'train' tasks; each seed draws `arc.n_heldout` held-out tasks (seeded) from the
 `arc.heldout_pool` smallest tasks of `arc.split` ('test' for the final numbers; anything tuned is tuned on
-'validation'). Each held-out task is answered from the chat prompt `arc.task_prompt` (demonstrations + test input),
-greedily; success = exact match of the first predicted grid (arc.grid_exact_match). Rows:
+'validation'). Each held-out task is answered from the chat prompt `answer_prompt` (a fixed instruction, then
+arc.task_prompt: demonstrations + test input), greedily; success = exact match of the first predicted grid
+(arc.grid_exact_match). Rows:
 
   icl        in-context learning: the pre-sleep model answers from the demonstrations; success 0/1 per task
   ttt        test-time training: a new expert per receiver layer fine-tuned (`arc.ttt_steps` full-batch steps) on
@@ -23,13 +24,13 @@ scores ~0 exact matches on ARC, so two softer diagnostics tell methods apart: ce
 (% of cells right when its shape is right, else 0) and the per-token NLL of the correct test output given the
 prompt (lower is better). results.json keeps every answer, dream and reward.
 
-  python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/s0 --seeds=0      # one slot each, in parallel
+  # the full run (docs/results/few_shot_arc): two processes in parallel, one per CPU slot, then merged
+  python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/s02 --seeds=0,2
   python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/s1 --seeds=1
-  python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/s2 --seeds=2
   python -m experiments.few_shot_arc --workdir=runs/few_shot_arc \\
-      --from_results=runs/few_shot_arc/s0/results.json,runs/few_shot_arc/s1/results.json,runs/few_shot_arc/s2/results.json
+      --from_results=runs/few_shot_arc/s02/results.json,runs/few_shot_arc/s1/results.json
   python -m experiments.few_shot_arc --config=configs/few_shot_arc.py:smoke --workdir=/tmp/arc_smoke --seeds=0,1
-Overrides: --config.arc.split=validation, --config.sleep.dream.rounds=1, ...
+Overrides: --config.arc.split=validation, --config.arc.n_heldout=4, --config.sleep.dream.rounds=2, ...
 """
 import functools
 import json
@@ -67,6 +68,17 @@ def cell_accuracy(pred_text: str, target) -> float:
   return sum(p == t for pr, tr in zip(pred, target) for p, t in zip(pr, tr)) / (len(target) * len(target[0]))
 
 
+INSTRUCTION = ('Each example maps an input grid to an output grid (one line of digits per row). '
+               'Answer with the test output grid only.')
+
+
+def answer_prompt(task: dict) -> str:
+  """The held-out question: a fixed instruction (chosen a priori: without it SmolLM2 answers in prose), then
+  arc.task_prompt (demonstrations, test input, 'Output:')."""
+  from sleep_jax.data import arc
+  return f'{INSTRUCTION}\n\n{arc.task_prompt(task)}'
+
+
 def loo_pairs(task: dict) -> list[tuple[str, str]]:
   """Test-time training pairs: each demonstration as the test of a task made of the others (answer format)."""
   from sleep_jax.data import arc
@@ -76,7 +88,7 @@ def loo_pairs(task: dict) -> list[tuple[str, str]]:
   out = []
   for i, d in enumerate(demos):
     sub = {'train': [x for j, x in enumerate(demos) if j != i], 'test': [d]}
-    out.append((arc.task_prompt(sub), arc.task_target(sub)))
+    out.append((answer_prompt(sub), arc.task_target(sub)))
   return out
 
 
@@ -169,7 +181,7 @@ class Arc:
   def answer(self, params, cms, task) -> dict:
     """Greedy answer to the few-shot prompt, exact match, cell accuracy and the target's per-token NLL."""
     from sleep_jax.data import arc
-    prompt, target = arc.task_prompt(task), arc.task_target(task)
+    prompt, target = answer_prompt(task), arc.task_target(task)
     text = self.lab.generate(params, cms, [prompt], max_new_tokens=self._answer_tokens(task))[0]
     grid = task['test'][0]['output']
     n_tok = len(self.lab.tok.encode(target))
