@@ -106,7 +106,7 @@ def test_smoke_run_end_to_end(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   run = lambda *a: subprocess.run([sys.executable, '-m', 'experiments.continual_languages', *a], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=600)
+                                  capture_output=True, text=True, timeout=1800)
   wd = tmp_path / 'run'
   r = run('--config=configs/continual_languages.py:smoke', f'--workdir={wd}', '--seeds=0,1')
   assert r.returncode == 0, r.stderr[-3000:]
