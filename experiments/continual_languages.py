@@ -381,7 +381,8 @@ def footer_of(config, split, seeds, seconds=None, merged=None) -> str:
   s = (f"chrF (sacrebleu, corpus) of greedy {lc['direction']} translations of {lc['n_test']} '{split}' sentences per "
        f"language; mean ± sd over seeds {','.join(map(str, seeds))}. Sleep: {c['sleep']['ks']['steps']} Knowledge "
        f"Seeding updates per language, no Dreaming; fine-tuning: {lc['ft_steps']} AdamW steps at lr {lc['ft_lr']}. "
-       f"Books: {'whole' if not lc['book_max_tokens'] else 'cut to ' + str(lc['book_max_tokens']) + ' tokens'}.")
+       f"Books: all rules + a {6 + sum(lc['vocab'].values())}-lemma dictionary (every sentence uses only its words)"
+       f"{'' if not lc['book_max_tokens'] else ', cut to ' + str(lc['book_max_tokens']) + ' tokens'}.")
   if len(seeds) == 1:
     s += ' ONE seed: the ± 0.0 is no spread estimate.'
   if seconds is not None:
