@@ -35,10 +35,10 @@ utterances per class), then runs the test seeds with it (ewc_selection.json hold
 is tuned on 'test'. Every other knob was set a priori for a 2-core CPU budget.
 
   python -m experiments.class_incremental --workdir=runs/class_incremental/s0 --seeds=0 --ewc_select
-  python -m experiments.class_incremental --workdir=runs/class_incremental/s12 --seeds=1,2 \
-      --ewc_lambda_from=runs/class_incremental/s0/ewc_selection.json                               # in parallel
+  python -m experiments.class_incremental --workdir=runs/class_incremental/s1 --seeds=1 \
+      --ewc_lambda_from=runs/class_incremental/s0/ewc_selection.json           # in parallel; then the same for s2
   python -m experiments.class_incremental --workdir=runs/class_incremental \
-      --from_results=runs/class_incremental/s0/results.json,runs/class_incremental/s12/results.json
+      --from_results=runs/class_incremental/s0/results.json,runs/class_incremental/s1/results.json,runs/class_incremental/s2/results.json
   python -m experiments.class_incremental --workdir=/tmp/ci_val --split=validation --seeds=0 --methods=ewc --ewc_sweep
   python -m experiments.class_incremental --config=configs/class_incremental.py:smoke --workdir=/tmp/ci --seeds=0,1
 Writes results.json (one row per seed), table.md (mean ± sd over seeds) and accuracy_by_stage.png to --workdir.
