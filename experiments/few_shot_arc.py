@@ -334,6 +334,7 @@ def report(rows: list[dict], sleeps: list[dict], workdir: str, footer: str) -> s
       ax.scatter(np.full(len(v), i), v, color='k', s=10, zorder=3)
     ax.set_xticks(x, names)
     ax.set_ylabel(ylab)
+    ax.set_ylim(0, max(5.0, 1.15 * max(float(v.max()) for v in vals)))   # an all-zero row still shows its axis
   fig.suptitle(f'Few-shot ARC, {len(seeds)} seeds (dots), {n_tasks} held-out tasks', fontsize=10)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'arc_success.png'), dpi=120)
