@@ -1,12 +1,15 @@
 """Continual learning of new languages (PAPER sec. 5, MTOB-style sequential translation): learn language A from its
 grammar book, then B, then C; chrF on every language after every stage.
 
-Data: three invented languages with exact grammars (sleep_jax/data/languages.py; config.languages.names, default
-tamu (VSO), grevok (SOV), ishqa (SVO)). A seed draws each language's lexicon (Language(spec, seed)), its book's
-example sentences, the train sentences and the held-out sentences, so seeds differ in the languages themselves
-and in every sampling/batch order. Each language's "book" is `Language.grammar_book()` (rules + full dictionary,
-~1.2-1.3k SmolLM2 tokens; cut at an entry boundary to `book_max_tokens` when that is > 0 -- the smoke config
-cuts it to fit the tiny model's 512 positions; the full config keeps it whole, in the 1536-token prompt bucket).
+Data: invented languages with exact grammars (sleep_jax/data/languages.py; config.languages.names: the full
+setting learns tamu (VSO) then grevok (SOV), the paper's two-language setting; three languages did not fit the CPU
+budget; --config.languages.names=tamu,grevok,ishqa runs A, B, C, as the smoke config does). A seed draws each
+language's lexicon (Language(spec, seed)), the book vocabulary, the book's example sentences, the train sentences
+and the held-out sentences, so seeds differ in the languages themselves and in every sampling/batch order. Each language's "book" is `Language.grammar_book()` restricted to a seeded
+vocabulary (`languages.vocab`: 34 lemmas, all grammar rules kept, ~410-460 SmolLM2 tokens; the whole 169-lemma book
+is ~1.3k tokens, out of the CPU budget as an ICL prompt and KS teacher context), and every sentence (book examples,
+train, held-out) uses only that vocabulary. `book_max_tokens` > 0 also cuts it at an entry boundary (the smoke
+config, to fit the tiny model's 512 positions).
 
 Metric: corpus chrF (sleep_jax.data.metrics.chrf) of greedy translations, direction `languages.direction`
 (default xx-en: "Translate into English: <sentence>", scored against the English sentence), on `n_test`
@@ -32,7 +35,10 @@ stage, mean ± sd over seeds), chrf_a_vs_b.png (chrF on A vs chrF on B after lea
 after the last stage, one marker per method with sd error bars; the 'alone' references as stars) and
 stages.png (chrF per language after each stage, one panel per language, one line per method).
 
-Full run (SmolLM2-135M-Instruct; seeds in parallel slots, then merged):
+Full run (SmolLM2-135M-Instruct; seeds in parallel slots, then merged). Measured on the shared 2-core machine
+(load ~9): one seed took ~47 min with compilation, ~25 min without (a second seed in the same process), so the
+3 seeds did not fit the 25-minute budget; docs/results/continual_languages/ says which seeds ran.
+
   /tmp/slot.sh python -m experiments.continual_languages --workdir=runs/continual_languages/s0 --seeds=0 &
   /tmp/slot.sh python -m experiments.continual_languages --workdir=runs/continual_languages/s1 --seeds=1 &
   /tmp/slot.sh python -m experiments.continual_languages --workdir=runs/continual_languages/s2 --seeds=2
