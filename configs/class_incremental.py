@@ -36,7 +36,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       icl_max_k=4, icl_max_tokens=900,
       # (2) fine-tuning (AdamW) on each stage's train utterances -> label names, chained over stages. All weights
       # of the top 6 of 30 layers (the backward pass stops there: ~4x cheaper than all weights on CPU); a priori.
-      ft_steps=4, ft_lr=1e-4, ft_batch=4, ft_seq_len=80, ft_trainable=r'layers_(2[4-9])/',
+      ft_steps=4, ft_lr=1e-4, ft_batch=4, ft_seq_len=96, ft_trainable=r'layers_(2[4-9])/',
       # (3) EWC: + lambda/2 sum F (theta - theta_prev)^2, Fisher from n examples of the previous stages' data at
       # the previous stage's weights. lambda chosen on 'validation' (ewc_lambdas tried; see the module docstring).
       ewc_lambda=1e6, ewc_lambdas=(1e4, 1e7), fisher_examples=4,   # ewc_lambda: used unless --ewc_select
