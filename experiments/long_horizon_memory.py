@@ -159,8 +159,9 @@ def methods_of(levels) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- run
 def run_stream(lab, config, item: dict, windows: list[str], qs: list[dict], methods: list[str], seed: int,
-               groups_of: dict) -> list[dict]:
-  """Every row on one stream; returns one record per (method, needle)."""
+               groups_of: dict, on_row=None) -> list[dict]:
+  """Every row on one stream; returns one record per (method, needle); on_row(records so far) after each row
+  (the caller saves partial results, so a run stopped early keeps every finished row)."""
   c = config.lhm
   docs = [{'id': f"{item['id']}-w{i}", 'title': 'the text', 'text': w} for i, w in enumerate(windows)]
   dropped = len(windows) - 1
@@ -203,6 +204,8 @@ def run_stream(lab, config, item: dict, windows: list[str], qs: list[dict], meth
           f"answers {[a[:40] for a in answers]}", flush=True)
     out[-1].update(probe_nll=probe, seconds=secs, **extra)   # per-(method, stream) facts on its last needle row
     del params
+    if on_row is not None:
+      on_row(out)
   return out
 
 
@@ -255,9 +258,10 @@ def main(argv):
                           'window_tokens': [count(w) for w in windows], 'needle_windows': [q['window'] for q in qs]})
           print(f"seed {seed} stream {item['id']}: {streams[-1]['tokens']} tokens, windows "
                 f"{streams[-1]['window_tokens']}, needles in windows {streams[-1]['needle_windows']}", flush=True)
-          rows += run_stream(lab, config, item, windows, qs, methods, seed, groups_of)
-          save_results(F.workdir, {'rows': rows, 'streams': streams, 'methods': methods,
-                                        'seconds': time.perf_counter() - t_all}, config)
+          save = lambda done: save_results(F.workdir, {   # noqa: E731
+              'rows': rows + done, 'streams': streams, 'methods': methods, 'seconds': time.perf_counter() - t_all},
+              config)
+          rows += run_stream(lab, config, item, windows, qs, methods, seed, groups_of, on_row=save)
   secs = time.perf_counter() - t_all
   save_results(F.workdir, {'rows': rows, 'streams': streams, 'methods': methods, 'seconds': secs}, config)
   report(rows, methods, F.workdir, f'split {c.split}, seeds {",".join(map(str, seeds))}, '
@@ -329,7 +333,7 @@ def summarize(rows, methods) -> str:
   lines = [f'Answer recall % (needle value in the greedy answer), mean ± sd over {n_seeds} seeds; last window '
            'only in context (except full_context).', '',
            '| method | ' + ' | '.join(f'{m} windows' for m in mults) + ' | all | needles in dropped windows | '
-           'probe NLL | s per stream |', '|---|' + '---:|' * (len(mults) + 4)]
+           'probe NLL | s per stream | seeds |', '|---|' + '---:|' * (len(mults) + 4) + '---|']
   for meth in methods:
     by_m = per_seed(rows, meth, 'multiplier')
     allv = per_seed([dict(r, one=0) for r in rows], meth, 'one').get(0, [])
@@ -338,7 +342,8 @@ def summarize(rows, methods) -> str:
     lines.append(f'| {meth} | ' + ' | '.join(mean_sd(by_m[m]) if m in by_m else '-' for m in mults)
                  + f" | {mean_sd(allv) if allv else '-'} | {mean_sd(drop) if drop else '-'} | "
                  + (f"{np.mean([r['probe_nll'] for r in facts]):.4f}" if facts else '-') + ' | '
-                 + (f"{np.mean([r['seconds'] for r in facts]):.0f}" if facts else '-') + ' |')
+                 + (f"{np.mean([r['seconds'] for r in facts]):.0f}" if facts else '-') + ' | '
+                 + ','.join(str(x) for x in sorted({r['seed'] for r in rows if r['method'] == meth})) + ' |')
   lines += ['', 'By needle depth (all stream lengths pooled):', '',
             '| method | ' + ' | '.join(f'depth {d}' for d in depths) + ' |', '|---|' + '---:|' * len(depths)]
   for meth in methods:
