@@ -266,7 +266,7 @@ def main(argv):
   save_results(F.workdir, {'rows': rows, 'streams': streams, 'methods': methods, 'seconds': secs}, config)
   report(rows, methods, F.workdir, f'split {c.split}, seeds {",".join(map(str, seeds))}, '
          f'multipliers {mults}, window {c.window} tokens, depths {list(c.depths)}, KS steps {config.sleep.ks.steps}; '
-         f'{secs:.0f}s wall')
+         f'{secs:.0f}s wall', grid=list(c.depths))
 
 
 def merge_main(paths, workdir):
@@ -298,7 +298,7 @@ def merge_main(paths, workdir):
   lhm = config['lhm']
   report(rows, methods, workdir, f"split {lhm['split']}, seeds {','.join(str(s) for s in sorted({r['seed'] for r in rows}))}, "
          f"window {lhm['window']} tokens, depths {lhm['depths']}, KS steps {config['sleep']['ks']['steps']}; merged "
-         f"from {len(paths)} runs of {secs} s wall")
+         f"from {len(paths)} runs of {secs} s wall", grid=list(lhm['depths']))
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -318,15 +318,18 @@ def per_seed(rows, method, by: str) -> dict:
   return out
 
 
-def depth_bin(rows):
-  """Depths as the data module placed them, rounded to the configured grid (2 decimals)."""
-  return [dict(r, depth_bin=round(r['depth'], 1)) for r in rows]
+def depth_bin(rows, grid=None):
+  """Each needle's placed depth (the data module puts it at the nearest sentence start) binned to the nearest
+  configured depth in `grid` (else rounded to 0.1)."""
+  if not grid:
+    return [dict(r, depth_bin=round(r['depth'], 1)) for r in rows]
+  return [dict(r, depth_bin=min(grid, key=lambda g: abs(g - r['depth']))) for r in rows]
 
 
-def summarize(rows, methods) -> str:
+def summarize(rows, methods, grid=None) -> str:
   import numpy as np
   from experiments.common import mean_sd
-  rows = depth_bin(rows)
+  rows = depth_bin(rows, grid)
   mults = sorted({r['multiplier'] for r in rows})
   depths = sorted({r['depth_bin'] for r in rows})
   n_seeds = len({r['seed'] for r in rows})
@@ -344,7 +347,7 @@ def summarize(rows, methods) -> str:
                  + (f"{np.mean([r['probe_nll'] for r in facts]):.4f}" if facts else '-') + ' | '
                  + (f"{np.mean([r['seconds'] for r in facts]):.0f}" if facts else '-') + ' | '
                  + ','.join(str(x) for x in sorted({r['seed'] for r in rows if r['method'] == meth})) + ' |')
-  lines += ['', 'By needle depth (all stream lengths pooled):', '',
+  lines += ['', 'By needle depth (nominal; all stream lengths pooled):', '',
             '| method | ' + ' | '.join(f'depth {d}' for d in depths) + ' |', '|---|' + '---:|' * len(depths)]
   for meth in methods:
     by_d = per_seed(rows, meth, 'depth_bin')
@@ -352,11 +355,11 @@ def summarize(rows, methods) -> str:
   return '\n'.join(lines)
 
 
-def report(rows, methods, workdir, footer):
+def report(rows, methods, workdir, footer, grid=None):
   from experiments.common import write_table
-  write_table(workdir, summarize(rows, methods), footer)
+  write_table(workdir, summarize(rows, methods, grid), footer)
   plot(rows, methods, 'multiplier', 'stream length (windows)', os.path.join(workdir, 'accuracy_vs_length.png'))
-  plot(depth_bin(rows), methods, 'depth_bin', 'needle depth (fraction of the stream before it)',
+  plot(depth_bin(rows, grid), methods, 'depth_bin', 'needle depth (fraction of the stream before it)',
        os.path.join(workdir, 'accuracy_vs_depth.png'))
 
 
