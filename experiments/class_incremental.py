@@ -55,24 +55,30 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/class_incremental.py', 'Experiment config.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (stage order, utterances, draws, training order).')
-_SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'validation'],
-                           "Evaluation split: 'test' for the final numbers, 'validation' for tuning.")
 METHODS = ('before', 'icl', 'finetune', 'ewc', 'sleep')
-_METHODS = flags.DEFINE_list('methods', list(METHODS), f'Rows to run, of {METHODS}.')
-_EWC_SWEEP = flags.DEFINE_bool('ewc_sweep', False, 'Run EWC once per ci.ewc_lambdas value (rows ewc@lambda): '
-                               'for choosing lambda on the validation split.')
-_EWC_SELECT = flags.DEFINE_bool('ewc_select', False, 'First choose EWC lambda among ci.ewc_lambdas by the final '
-                                 "accuracy on the 'validation' split (first seed; ties -> the earlier value), then run "
-                                 'the seeds with it; the validation numbers go to ewc_selection.json.')
-_LAMBDA_FROM = flags.DEFINE_string('ewc_lambda_from', '', "Another run's ewc_selection.json (its --ewc_select): "
-                                   'use its lambda if the file exists when EWC starts, else choose as --ewc_select '
-                                   'does (lets two seeds run in parallel without choosing twice).')
-_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
-                          'run in parallel) into one table and plot in --workdir.')
+
+
+def define_flags():
+  """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
+  it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
+  global _CONFIG, _WORKDIR, _SEEDS, _SPLIT, _METHODS, _EWC_SWEEP, _EWC_SELECT, _LAMBDA_FROM, _FROM
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/class_incremental.py', 'Experiment config.',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+  _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (stage order, utterances, draws, training order).')
+  _SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'validation'],
+                             "Evaluation split: 'test' for the final numbers, 'validation' for tuning.")
+  _METHODS = flags.DEFINE_list('methods', list(METHODS), f'Rows to run, of {METHODS}.')
+  _EWC_SWEEP = flags.DEFINE_bool('ewc_sweep', False, 'Run EWC once per ci.ewc_lambdas value (rows ewc@lambda): '
+                                 'for choosing lambda on the validation split.')
+  _EWC_SELECT = flags.DEFINE_bool('ewc_select', False, 'First choose EWC lambda among ci.ewc_lambdas by the final '
+                                   "accuracy on the 'validation' split (first seed; ties -> the earlier value), then run "
+                                   'the seeds with it; the validation numbers go to ewc_selection.json.')
+  _LAMBDA_FROM = flags.DEFINE_string('ewc_lambda_from', '', "Another run's ewc_selection.json (its --ewc_select): "
+                                     'use its lambda if the file exists when EWC starts, else choose as --ewc_select '
+                                     'does (lets two seeds run in parallel without choosing twice).')
+  _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
+                            'run in parallel) into one table and plot in --workdir.')
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -502,4 +508,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -57,14 +57,18 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/continual_languages.py', 'Experiment config.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (lexicons, sentences, sampling, batch orders).')
-_SPLIT = flags.DEFINE_string('split', 'test', "Held-out sentences: 'test' for the final numbers, 'validation' "
-                             'for tuning.')
-_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (one per seed, run '
-                          'in parallel) into one table and plots in --workdir.')
+def define_flags():
+  """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
+  it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
+  global _CONFIG, _WORKDIR, _SEEDS, _SPLIT, _FROM
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/continual_languages.py', 'Experiment config.',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+  _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (lexicons, sentences, sampling, batch orders).')
+  _SPLIT = flags.DEFINE_string('split', 'test', "Held-out sentences: 'test' for the final numbers, 'validation' "
+                               'for tuning.')
+  _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (one per seed, run '
+                            'in parallel) into one table and plots in --workdir.')
 
 SEQUENTIAL = ('icl', 'finetune', 'sleep')
 LABELS = {'base': 'base model', 'icl': 'in-context (current book only)', 'finetune': 'sequential fine-tuning',
@@ -443,4 +447,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

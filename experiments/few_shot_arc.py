@@ -42,12 +42,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/few_shot_arc.py', 'Experiment config.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (held-out draw, dream sampling, batch orders).')
-_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (one per seed, run '
-                          'in parallel) into one table and plot in --workdir.')
+def define_flags():
+  """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
+  it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
+  global _CONFIG, _WORKDIR, _SEEDS, _FROM
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/few_shot_arc.py', 'Experiment config.',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+  _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (held-out draw, dream sampling, batch orders).')
+  _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (one per seed, run '
+                            'in parallel) into one table and plot in --workdir.')
 
 ROWS = ('icl', 'ttt', 'seal', 'sleep', 'sleep_gen')
 LABELS = {'icl': 'in-context learning', 'ttt': 'test-time training (LOO demos)',
@@ -395,4 +399,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

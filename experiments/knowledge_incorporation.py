@@ -37,18 +37,22 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/sleep.py', 'Base config.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
-_PASSAGES = flags.DEFINE_integer('passages', 1, 'Passages per seed.')
-_SPLIT = flags.DEFINE_string('split', 'test', "Passage split; 'test' is the held-out final evaluation.")
-_VARIANTS = flags.DEFINE_list('variants', ['ks', 'ks_no_lti', 'ks_no_div', 'ks_no_expand', 'finetune', 'sleep',
-                                           'sleep_no_select', 'sleep_no_random', 'seal'],
-                              'Variants to run (before and ceiling always run).')
-_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
-                          'run in parallel) into one table and plots in --workdir.')
-_FT_STEPS = flags.DEFINE_integer('ft_steps', 8, 'Fine-tuning baseline: updates on the passage.')
-_FT_LR = flags.DEFINE_float('ft_lr', 3e-5, 'Fine-tuning baseline: AdamW learning rate (all weights).')
+def define_flags():
+  """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
+  it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
+  global _CONFIG, _WORKDIR, _SEEDS, _PASSAGES, _SPLIT, _VARIANTS, _FROM, _FT_STEPS, _FT_LR
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sleep.py', 'Base config.', lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+  _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
+  _PASSAGES = flags.DEFINE_integer('passages', 1, 'Passages per seed.')
+  _SPLIT = flags.DEFINE_string('split', 'test', "Passage split; 'test' is the held-out final evaluation.")
+  _VARIANTS = flags.DEFINE_list('variants', ['ks', 'ks_no_lti', 'ks_no_div', 'ks_no_expand', 'finetune', 'sleep',
+                                             'sleep_no_select', 'sleep_no_random', 'seal'],
+                                'Variants to run (before and ceiling always run).')
+  _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
+                            'run in parallel) into one table and plots in --workdir.')
+  _FT_STEPS = flags.DEFINE_integer('ft_steps', 8, 'Fine-tuning baseline: updates on the passage.')
+  _FT_LR = flags.DEFINE_float('ft_lr', 3e-5, 'Fine-tuning baseline: AdamW learning rate (all weights).')
 
 KS_VARIANTS = {'ks': {}, 'ks_no_lti': {'alpha': 1.0}, 'ks_no_div': {'alpha': 0.0}, 'ks_no_expand': {'expand': False}}
 DREAM_VARIANTS = {'sleep': {}, 'sleep_no_select': {'selection': 'random'}, 'sleep_no_random': {'random_expert': False},
@@ -287,4 +291,5 @@ def plot(rows, names, path):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -27,11 +27,15 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/multi_passage_ki.py', 'Experiment config.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
-_FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files into --workdir.')
+def define_flags():
+  """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
+  it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
+  global _CONFIG, _WORKDIR, _SEEDS, _FROM
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/multi_passage_ki.py', 'Experiment config.',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
+  _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
+  _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files into --workdir.')
 
 ROWS = ('before', 'sleep', 'finetune', 'seal', 'ceiling')
 
@@ -175,4 +179,5 @@ def report(rows, probe0, workdir, footer):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
