@@ -39,9 +39,9 @@ Full run (SmolLM2-135M-Instruct; seeds in parallel slots, then merged). Measured
 (load ~9): one seed took ~47 min with compilation, ~25 min without (a second seed in the same process), so the
 3 seeds did not fit the 25-minute budget; docs/results/continual_languages/ says which seeds ran.
 
-  /tmp/slot.sh python -m experiments.continual_languages --workdir=runs/continual_languages/s0 --seeds=0 &
-  /tmp/slot.sh python -m experiments.continual_languages --workdir=runs/continual_languages/s1 --seeds=1 &
-  /tmp/slot.sh python -m experiments.continual_languages --workdir=runs/continual_languages/s2 --seeds=2
+  python -m experiments.continual_languages --workdir=runs/continual_languages/s0 --seeds=0 &
+  python -m experiments.continual_languages --workdir=runs/continual_languages/s1 --seeds=1 &
+  python -m experiments.continual_languages --workdir=runs/continual_languages/s2 --seeds=2
   python -m experiments.continual_languages --workdir=runs/continual_languages --from_results=\\
       runs/continual_languages/s0/results.json,runs/continual_languages/s1/results.json,\\
       runs/continual_languages/s2/results.json

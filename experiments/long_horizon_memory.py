@@ -36,9 +36,9 @@ to tune).
 
   # full run as measured: the rows split over the two CPU slots (all seeds in each: one compile per layer group),
   # then merged:
-  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/a \
+  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/a \
       --methods=sleep_L1,sleep_L3
-  /tmp/slot.sh python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/b \
+  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/b \
       --methods=full_context,icl,finetune,sleep_L2
   python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory \
       --from_results=runs/long_horizon_memory/a/results.json,runs/long_horizon_memory/b/results.json
