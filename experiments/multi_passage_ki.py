@@ -162,20 +162,32 @@ def report(rows, probe0, workdir, footer):
   common.write_table(workdir, table(rows, probe0), footer)
   plt = common.pyplot()
   sizes = sorted({r['n'] for r in rows})
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  for v in [v for v in ROWS if any(v in r for r in rows)]:
+  names = [v for v in ROWS if any(v in r for r in rows)]
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
+  for v in names:
     per = [[r[v]['recall'] for r in rows if r['n'] == n and v in r] for n in sizes]
     ax.errorbar(sizes, [np.mean(p) for p in per], yerr=[np.std(p, ddof=1) if len(p) > 1 else 0 for p in per],
                 marker='o', capsize=3, label=v)
-  ax.set_xscale('log')
-  ax.set_xticks(sizes)
-  ax.set_xticklabels([str(s) for s in sizes])
-  ax.set_xlabel('passages consolidated in one run (n)')
+    per = [[r[v]['probe_nll'] for r in rows if r['n'] == n and 'probe_nll' in r.get(v, {})] for n in sizes]
+    if all(per):   # rows that change the weights (before/ceiling keep the pre-update model)
+      bx.errorbar(sizes, [np.mean(p) for p in per], yerr=[np.std(p, ddof=1) if len(p) > 1 else 0 for p in per],
+                  marker='o', capsize=3, label=v, color=ax.lines[-1].get_color())
+  bx.axhline(probe0, color='gray', ls='--', lw=1, label='before')
+  for a in (ax, bx):
+    a.set_xscale('log')
+    a.minorticks_off()
+    a.set_xticks(sizes)
+    a.set_xticklabels([str(s) for s in sizes])
+    a.set_xlabel('passages consolidated in one run (n)')
+    a.legend(fontsize=8)
   ax.set_ylabel('no-context answer recall (%)')
-  ax.set_title(f'Multi-passage knowledge incorporation, seeds {sorted({r["seed"] for r in rows})}', fontsize=10)
-  ax.legend(fontsize=8)
+  bx.set_ylabel('retention probe NLL (lower = kept more)')
+  seeds = sorted({r['seed'] for r in rows})
+  ax.set_title(f'Answers without the passage, seeds {seeds}', fontsize=10)
+  bx.set_title('What the model knew before (validation essays)', fontsize=10)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, 'recall_vs_n.png'), dpi=120)
+  plt.close(fig)
 
 
 if __name__ == '__main__':
