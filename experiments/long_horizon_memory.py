@@ -380,6 +380,8 @@ def plot(rows, methods, by, xlabel, path):
                 yerr=[np.std(d[x], ddof=1) if len(d[x]) > 1 else 0 for x in xs], marker='o', capsize=3,
                 label=meth, linestyle='--' if meth == 'full_context' else '-')
   seeds = len({r['seed'] for r in rows})
+  ticks = sorted({x for meth in methods for x in per_seed(rows, meth, by)})
+  ax.set_xticks(ticks, [f'{x:g}' for x in ticks])   # the measured lengths / depths, not a continuous axis
   ax.set_xlabel(xlabel)
   ax.set_ylabel('answer recall % (mean ± sd over seeds)')
   ax.set_ylim(-5, 105)
