@@ -423,14 +423,9 @@ def report(rows, workdir, config, footer) -> None:
 
 
 def merge_main(paths, workdir, config) -> None:
+  from experiments.common import read_results
   rows, seen = [], set()
-  for p in paths:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f'--from_results: {p} does not exist')
-    with open(p) as f:
-      r = json.load(f)
-    if 'rows' not in r:
-      raise ValueError(f'--from_results: {p} is not a class_incremental results.json (no "rows")')
+  for p, r in zip(paths, read_results(paths, 'class_incremental')):
     for row in r['rows']:
       if row['seed'] in seen:
         raise ValueError(f'--from_results: seed {row["seed"]} appears twice ({p})')

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from sleep_jax import build as build_lib
-from sleep_jax import evals, jobs, losses, sharding, train
+from sleep_jax import evals, jobs, sharding, train
 from sleep_jax.models.cms import variables
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.phases import cycle as cycle_lib
@@ -239,21 +239,49 @@ def mean_sd(xs, fmt: str = '.1f') -> str:
   return f'{xs.mean():{fmt}} ± {sd:{fmt}}'
 
 
-def save_results(workdir: str, obj: dict, config, name: str = 'results.json') -> str:
-  """results.json with the config, seed list and library versions; written whole (tmp + rename)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, name)
-  full = {**obj, 'config': json.loads(config.to_json()), **jobs.run_info(config)}
+def write_json(path: str, obj) -> str:
+  """obj as JSON, written whole (tmp + rename): a reader never takes half a file for a whole one."""
+  d = os.path.dirname(path)
+  if d:
+    os.makedirs(d, exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(full, f, indent=1, default=str)
+    json.dump(obj, f, indent=1, default=str)
   os.replace(tmp, path)
   return path
 
 
+def save_results(workdir: str, obj: dict, config, name: str = 'results.json') -> str:
+  """results.json with the config, seed list and library versions; written whole (tmp + rename)."""
+  return write_json(os.path.join(workdir, name), {**obj, 'config': json.loads(config.to_json()),
+                                                  **jobs.run_info(config)})
+
+
+def read_results(paths, experiment: str, keys=('rows',)) -> list:
+  """The results.json files named by an experiment's --from_results, each checked to exist, to parse and to hold
+  `keys` (so a wrong or unfinished file is named in the error instead of failing somewhere in the report)."""
+  out = []
+  for p in paths:
+    if not os.path.exists(p):
+      raise FileNotFoundError(f'--from_results: {p} does not exist (name the results.json of finished runs)')
+    with open(p) as f:
+      try:
+        r = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'--from_results: {p} is not valid JSON ({e})') from None
+    missing = [k for k in keys if k not in r]
+    if missing:
+      raise ValueError(f'--from_results: {p} is not a {experiment} results.json (no {", ".join(missing)})')
+    out.append(r)
+  return out
+
+
 def write_table(workdir: str, table: str, footer: str = '') -> None:
-  with open(os.path.join(workdir, 'table.md'), 'w') as f:
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'table.md')
+  with open(path + '.tmp', 'w') as f:
     f.write(table + (f'\n\n{footer}\n' if footer else '\n'))
+  os.replace(path + '.tmp', path)
   print(table + (f'\n\n{footer}' if footer else ''), flush=True)
 
 

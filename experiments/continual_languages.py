@@ -404,10 +404,9 @@ def footer_of(config, split, seeds, seconds=None, merged=None) -> str:
 
 def merge_main(paths, workdir):
   """--from_results: one report over the rows of several results.json files (e.g. seeds run in parallel)."""
+  from experiments.common import read_results, write_json
   rows, first = [], None
-  for p in paths:
-    with open(p) as f:
-      r = json.load(f)
+  for p, r in zip(paths, read_results(paths, 'continual_languages', ('rows', 'split', 'config'))):
     key = (r['config']['languages'], r['config']['sleep'], r['split'], r['config']['model'])
     if first is None:
       first, cfg = key, r['config']
@@ -418,10 +417,8 @@ def merge_main(paths, workdir):
       raise ValueError(f'{p}: seeds {sorted(dup)} already merged from another file')
     rows += r['rows']
   seeds = sorted({x['seed'] for x in rows})
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'split': first[2], 'seeds': seeds, 'config': cfg, 'merged_from': list(paths)}, f,
-              indent=1)
+  write_json(os.path.join(workdir, 'results.json'),
+             {'rows': rows, 'split': first[2], 'seeds': seeds, 'config': cfg, 'merged_from': list(paths)})
   report(rows, workdir, footer_of(cfg, first[2], seeds, merged=paths))
 
 

@@ -33,7 +33,6 @@ prompt (lower is better). results.json keeps every answer, dream and reward.
 Overrides: --config.arc.split=validation, --config.arc.n_heldout=4, --config.sleep.dream.rounds=2, ...
 """
 import functools
-import json
 import os
 import time
 
@@ -347,14 +346,9 @@ def report(rows: list[dict], sleeps: list[dict], workdir: str, footer: str) -> s
 
 
 def merge_main(paths, workdir):
+  from experiments.common import read_results, write_json
   rows, sleeps, splits = [], [], set()
-  for p in paths:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f'--from_results: {p} does not exist')
-    with open(p) as f:
-      r = json.load(f)
-    if 'rows' not in r or 'sleeps' not in r:
-      raise ValueError(f'{p} is not a few_shot_arc results.json (no rows/sleeps)')
+  for r in read_results(paths, 'few_shot_arc', ('rows', 'sleeps', 'config')):
     rows += r['rows']
     sleeps += r['sleeps']
     splits.add(r['config']['arc']['split'])
@@ -363,9 +357,7 @@ def merge_main(paths, workdir):
     raise ValueError(f'--from_results: seeds repeat across files: {seeds}')
   if len(splits) != 1:
     raise ValueError(f'--from_results: files mix splits {sorted(splits)}')
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'sleeps': sleeps, 'merged_from': list(paths)}, f, indent=1)
+  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'sleeps': sleeps, 'merged_from': list(paths)})
   report(rows, sleeps, workdir, f'split {splits.pop()}; merged from {", ".join(paths)}')
 
 

@@ -216,10 +216,9 @@ def report(rows, probe0, names, workdir, footer):
 
 def merge_main(paths, workdir):
   """--from_results: one report over the rows of several results.json files (e.g. seeds run in parallel)."""
+  from experiments.common import read_results, write_json
   rows, probe0, names = [], None, None
-  for p in paths:
-    with open(p) as f:
-      r = json.load(f)
+  for p, r in zip(paths, read_results(paths, 'knowledge_incorporation', ('rows', 'probe_before'))):
     rows += r['rows']
     probe0 = r['probe_before'] if probe0 is None else probe0
     if probe0 != r['probe_before']:
@@ -227,9 +226,7 @@ def merge_main(paths, workdir):
     vs = [v for v in r['rows'][0] if isinstance(r['rows'][0][v], dict)]
     names = vs if names is None else [v for v in names if v in vs]
   names = ['before'] + [v for v in names if v not in ('before', 'ceiling')] + ['ceiling']
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)}, f, indent=1)
+  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)})
   report(rows, probe0, names, workdir, f'{len(rows)} passages merged from {", ".join(paths)}')
 
 

@@ -50,7 +50,6 @@ slots: sleep_L1,sleep_L3 in one, the rest in the other; --from_results merges th
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -271,14 +270,9 @@ def main(argv):
 
 def merge_main(paths, workdir):
   """--from_results: one report over the rows of several results.json files (e.g. seeds run in parallel)."""
+  from experiments.common import read_results, write_json
   rows, streams, methods, secs, config = [], [], None, [], None
-  for p in paths:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f'--from_results: {p} does not exist')
-    with open(p) as f:
-      r = json.load(f)
-    if 'rows' not in r:
-      raise ValueError(f'{p}: not a long_horizon_memory results.json (no rows)')
+  for p, r in zip(paths, read_results(paths, 'long_horizon_memory', ('rows', 'streams', 'methods', 'config'))):
     rows += r['rows']
     streams += [x for x in r['streams'] if (x['seed'], x['id']) not in {(y['seed'], y['id']) for y in streams}]
     methods = (methods or []) + [m for m in r['methods'] if m not in (methods or [])]   # runs may split the rows
@@ -291,10 +285,9 @@ def merge_main(paths, workdir):
   keys = [(r['seed'], r['stream'], r['method'], r['key']) for r in rows]
   if len(set(keys)) != len(keys):
     raise ValueError('--from_results: the same (seed, stream, method, needle) appears twice')
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'streams': streams, 'methods': methods, 'merged_from': list(paths),
-               'seconds_per_file': secs, 'config': config}, f, indent=1)
+  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'streams': streams, 'methods': methods,
+                                                     'merged_from': list(paths), 'seconds_per_file': secs,
+                                                     'config': config})
   lhm = config['lhm']
   report(rows, methods, workdir, f"split {lhm['split']}, seeds {','.join(str(s) for s in sorted({r['seed'] for r in rows}))}, "
          f"window {lhm['window']} tokens, depths {lhm['depths']}, KS steps {config['sleep']['ks']['steps']}; merged "

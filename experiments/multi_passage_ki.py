@@ -123,17 +123,13 @@ def main(argv):
 
 
 def merge(paths, workdir):
-  import json
+  from experiments.common import read_results, write_json
   rows, probe0 = [], None
-  for p in paths:
-    with open(p) as f:
-      r = json.load(f)
+  for p, r in zip(paths, read_results(paths, 'multi_passage_ki', ('rows', 'probe_before'))):
     if probe0 is not None and abs(r['probe_before'] - probe0) > 1e-6:
       raise ValueError(f'{p}: probe_before {r["probe_before"]} differs from {probe0}: not the same model')
     rows, probe0 = rows + r['rows'], r['probe_before']
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)}, f, indent=1)
+  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)})
   report(rows, probe0, workdir, f'merged from {", ".join(paths)}')
 
 

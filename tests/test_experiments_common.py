@@ -65,3 +65,18 @@ def test_sleep_uses_one_new_expert_per_receiver_layer(lab):
 
 def test_mean_sd():
   assert common.mean_sd([1.0, 3.0]) == '2.0 ± 1.4' and common.mean_sd([2.0]) == '2.0 ± 0.0'
+
+
+def test_results_files_are_written_whole_and_checked_when_merged(tmp_path):
+  good = tmp_path / 'a' / 'results.json'
+  common.write_json(str(good), {'rows': [{'seed': 0}], 'x': float('nan')})
+  assert [p.name for p in good.parent.iterdir()] == ['results.json']   # no temporary left beside it
+  assert common.read_results([str(good)], 'demo')[0]['rows'] == [{'seed': 0}]
+  half = tmp_path / 'half.json'
+  half.write_text(good.read_text()[:12])                                # a run killed while writing it
+  with pytest.raises(ValueError, match='half.json is not valid JSON'):
+    common.read_results([str(good), str(half)], 'demo')
+  with pytest.raises(FileNotFoundError, match='missing.json does not exist'):
+    common.read_results([str(tmp_path / 'missing.json')], 'demo')
+  with pytest.raises(ValueError, match=r'not a demo results.json \(no streams\)'):
+    common.read_results([str(good)], 'demo', ('rows', 'streams'))
