@@ -96,13 +96,16 @@ def loo_pairs(task: dict) -> list[tuple[str, str]]:
 
 
 def draw_heldout(pool_ids, n: int, seed: int) -> list[str]:
-  """The seed's held-out tasks: `n` distinct ids of the pool (seeded, independent of the pool's order)."""
+  """The seed's held-out tasks: `n` distinct ids of the pool, independent of the pool's order. Seeds 0, 1, 2, ...
+  take consecutive blocks of ONE fixed shuffle of the pool, so different seeds evaluate different tasks until the
+  pool is used up (then it wraps). Independent per-seed draws had seeds 0 and 1 test the same task (1 of 10)."""
   import numpy as np
   ids = sorted(pool_ids)
   if not 1 <= n <= len(ids):
     raise ValueError(f'cannot draw {n} held-out tasks from a pool of {len(ids)}')
-  pick = np.random.default_rng([seed, 0xa7c]).choice(len(ids), n, replace=False)
-  return [ids[i] for i in sorted(pick)]
+  perm = np.random.default_rng(0xa7c).permutation(len(ids))
+  start = seed * n
+  return [ids[i] for i in sorted(perm[(start + k) % len(ids)] for k in range(n))]
 
 
 def success(rows_of_seed: list[dict], row: str) -> float:
