@@ -35,16 +35,12 @@ stage, mean ± sd over seeds), chrf_a_vs_b.png (chrF on A vs chrF on B after lea
 after the last stage, one marker per method with sd error bars; the 'alone' references as stars) and
 stages.png (chrF per language after each stage, one panel per language, one line per method).
 
-Full run (SmolLM2-135M-Instruct; seeds in parallel slots, then merged). Measured on the shared 2-core machine
-(load ~9): one seed took ~47 min with compilation, ~25 min without (a second seed in the same process), so the
-3 seeds did not fit the 25-minute budget; docs/results/continual_languages/ says which seeds ran.
+Full run (SmolLM2-135M-Instruct; docs/results.md): all seeds in one process (compilation is paid once), measured
+38.5 min on the 2-core machine next to one other SmolLM2 run; or one process per seed, merged afterwards.
 
-  python -m experiments.continual_languages --workdir=runs/continual_languages/s0 --seeds=0 &
-  python -m experiments.continual_languages --workdir=runs/continual_languages/s1 --seeds=1 &
-  python -m experiments.continual_languages --workdir=runs/continual_languages/s2 --seeds=2
+  python -m experiments.continual_languages --workdir=runs/continual_languages/all --seeds=0,1,2
   python -m experiments.continual_languages --workdir=runs/continual_languages --from_results=\\
-      runs/continual_languages/s0/results.json,runs/continual_languages/s1/results.json,\\
-      runs/continual_languages/s2/results.json
+      runs/continual_languages/s0/results.json,runs/continual_languages/s1/results.json
 Smoke: python -m experiments.continual_languages --config=configs/continual_languages.py:smoke --workdir=/tmp/cl
 Overrides: --config.languages.direction=en-xx, --config.sleep.ks.steps=16, --split=validation, ...
 """

@@ -24,11 +24,11 @@ scores ~0 exact matches on ARC, so two softer diagnostics tell methods apart: ce
 (% of cells right when its shape is right, else 0) and the per-token NLL of the correct test output given the
 prompt (lower is better). results.json keeps every answer, dream and reward.
 
-  # the full run (docs/results/few_shot_arc): two processes in parallel, one per CPU slot, then merged
-  python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/s02 --seeds=0,2
-  python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/s1 --seeds=1
+  # the full run (docs/results.md): all seeds in one process, 40 min on the 2-core machine beside another run
+  python -m experiments.few_shot_arc --workdir=runs/few_shot_arc/all --seeds=0,1,2
+  # or one process per seed, then merged:
   python -m experiments.few_shot_arc --workdir=runs/few_shot_arc \\
-      --from_results=runs/few_shot_arc/s02/results.json,runs/few_shot_arc/s1/results.json
+      --from_results=runs/few_shot_arc/s0/results.json,runs/few_shot_arc/s1/results.json
   python -m experiments.few_shot_arc --config=configs/few_shot_arc.py:smoke --workdir=/tmp/arc_smoke --seeds=0,1
 Overrides: --config.arc.split=validation, --config.arc.n_heldout=4, --config.sleep.dream.rounds=2, ...
 """

@@ -34,19 +34,16 @@ accuracy_vs_length.png, accuracy_vs_depth.png. The final numbers use the held-ou
 on it (the knobs in configs/long_horizon_memory.py were set a priori for cost; use --config.lhm.split=validation
 to tune).
 
-  # full run as measured: the rows split over the two CPU slots (all seeds in each: one compile per layer group),
-  # then merged:
-  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/a \
-      --methods=sleep_L1,sleep_L3
-  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/b \
-      --methods=full_context,icl,finetune,sleep_L2
+  # the full run (docs/results.md): every row and seed in one process, 17 min on the 2-core machine beside another run
+  python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory/all --seeds=0,1,2
+  # or the rows split over processes (--methods), then merged:
   python -m experiments.long_horizon_memory --workdir=runs/long_horizon_memory \
       --from_results=runs/long_horizon_memory/a/results.json,runs/long_horizon_memory/b/results.json
   # or per seed: --seeds=0 --workdir=.../s0, --seeds=1 ..., merged the same way
   # smoke (tiny random model, seconds):
   python -m experiments.long_horizon_memory --config=configs/long_horizon_memory.py:smoke --workdir=/tmp/lhm
---multipliers=3 runs one stream length only; --methods picks rows (the full run split the rows over the two
-slots: sleep_L1,sleep_L3 in one, the rest in the other; --from_results merges them).
+--multipliers=3 runs one stream length only; --methods picks rows (e.g. sleep_L1,sleep_L3 in one process and the
+rest in another; --from_results merges them).
 """
 from __future__ import annotations
 
