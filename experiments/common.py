@@ -239,16 +239,7 @@ def mean_sd(xs, fmt: str = '.1f') -> str:
   return f'{xs.mean():{fmt}} ± {sd:{fmt}}'
 
 
-def write_json(path: str, obj) -> str:
-  """obj as JSON, written whole (tmp + rename): a reader never takes half a file for a whole one."""
-  d = os.path.dirname(path)
-  if d:
-    os.makedirs(d, exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(tmp, path)
-  return path
+write_json = jobs.write_json   # obj as JSON, written whole (tmp + rename); experiments import it from here
 
 
 def save_results(workdir: str, obj: dict, config, name: str = 'results.json') -> str:

@@ -28,7 +28,6 @@ results.json and a bar plot in --workdir.
   python -m experiments.knowledge_incorporation --workdir=runs/ki_all --from_results=runs/a/results.json,runs/b/results.json
 Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3
 """
-import json
 import os
 import time
 
@@ -123,7 +122,7 @@ def main(argv):
 
   probe0 = probe(b.params, b.cms)
   rows, t_all, seeders, dreamers = [], time.perf_counter(), {}, {}
-  out_path = os.path.join(_WORKDIR.value, 'results.json')
+  from experiments.common import save_results
   for seed in map(int, _SEEDS.value):
     order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
     for p_i in order[:_PASSAGES.value]:
@@ -188,10 +187,7 @@ def main(argv):
         del params
       del ks_model
       rows.append(rec)
-      with open(out_path + '.tmp', 'w') as f:
-        json.dump({'rows': rows, 'probe_before': probe0, 'config': json.loads(config.to_json()),
-                   'split': _SPLIT.value, **jobs.run_info(config)}, f, indent=1, default=str)
-      os.replace(out_path + '.tmp', out_path)
+      save_results(_WORKDIR.value, {'rows': rows, 'probe_before': probe0, 'split': _SPLIT.value}, config)
   report(rows, probe0, ['before'] + list(_VARIANTS.value) + ['ceiling'], _WORKDIR.value,
          f'{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
          f'{time.perf_counter() - t_all:.0f}s')

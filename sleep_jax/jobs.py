@@ -17,12 +17,15 @@ from sleep_jax import sharding, train
 from sleep_jax.sampling import Sampler
 
 
-def _write_json(path: str, obj) -> None:
-  """Write-then-rename so a reader never sees half a file."""
+def write_json(path: str, obj) -> str:
+  """obj as JSON, written then renamed into place: a reader never takes half a file for a whole one."""
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=str)
+    json.dump(obj, f, indent=1, default=str)
   os.replace(tmp, path)
+  return path
 
 
 def run_info(config) -> dict:
@@ -66,7 +69,7 @@ def chat(config, workdir: str) -> dict:
          'first_call_seconds_incl_compile': compile_s, 'batch': len(prompts), **run_info(config)}
   print(f'\n{n_new} new tokens for {len(prompts)} prompts in {dt:.2f}s = {n_new / dt:.1f} tokens/s '
         f'(batch {len(prompts)}, {jax.default_backend()}, first call incl. compile {compile_s:.1f}s)')
-  _write_json(os.path.join(workdir, 'results.json'), res)
+  write_json(os.path.join(workdir, 'results.json'), res)
   return res
 
 
@@ -177,7 +180,7 @@ def lm(config, workdir: str) -> dict:
   step_fn = train.make_train_step(b.model, tx, shard, sharding.batch_sharding(b.mesh, b.rules))
   meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
   _, res = _run_steps(config, workdir, 'lm', b, state, shard, step_fn, meta)
-  _write_json(os.path.join(workdir, 'results.json'), res)
+  write_json(os.path.join(workdir, 'results.json'), res)
   return res
 
 
@@ -212,7 +215,7 @@ def wake(config, workdir: str) -> dict:
   _, res = _run_steps(config, workdir, 'wake', b, state, shard, step_fn, meta, on_metrics)
   res.update(wake=dataclasses.asdict(wcfg), triggers=triggers, compilations=step_fn.n_traces)
   print(f'{len(triggers)} level updates (sleep triggers); wake step compiled {step_fn.n_traces} time(s)')
-  _write_json(os.path.join(workdir, 'results.json'), res)
+  write_json(os.path.join(workdir, 'results.json'), res)
   return res
 
 
@@ -276,7 +279,7 @@ def sleep(config, workdir: str) -> dict:
               'with_context': _qa('qa+context (ceiling)', sampler, b.params, b.cms, tok, docs, config, True)
               if config.knowledge.with_context_eval else None,
               'probe_nll': cyc.rt.probe(b.params, b.cms)}
-    _write_json(before_path, before)
+    write_json(before_path, before)
   events = cyc.run(docs)
   st = cyc.state
   after = {'no_context': _qa('qa after', sampler, st['params'], st['cms'], tok, docs, config),
@@ -287,7 +290,7 @@ def sleep(config, workdir: str) -> dict:
          'ks_steps': [e for e in events if e.get('event') == 'ks_step'],
          'dream_rounds': [e for e in events if e.get('event') == 'dream_round'],
          'ks': dict(config.sleep.ks), 'seconds': time.perf_counter() - t_start, **run_info(config)}
-  _write_json(os.path.join(workdir, 'results.json'), res)
+  write_json(os.path.join(workdir, 'results.json'), res)
   lines = ['| model | answer recall % | exact match % | token F1 % | questions |', '|---|---:|---:|---:|---:|']
   if before['no_context']:
     lines.append(_score_line('before sleep (no context)', before['no_context']))
