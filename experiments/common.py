@@ -136,6 +136,7 @@ class Lab:
       cfg = mlc.ConfigDict(dict(self.config.optim))
       cfg.lr, cfg.trainable = lr, trainable
       tx = train.make_optimizer(cfg, self.b.params)
+      labels = train.optimizer_labels(cfg, self.b.params)   # expert-only rows skip the base's gradients
       model = self.b.model
 
       def step(state, batch, anchor, lam):
@@ -147,7 +148,7 @@ class Lab:
             loss = loss + 0.5 * lam * pen
             m = dict(m, ewc=pen)
           return loss, m
-        (_, m), g = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+        (_, m), g = train.trainable_value_and_grad(loss_fn, state['params'], labels)
         upd, os_ = tx.update(g, state['opt_state'], state['params'])
         return dict(state, step=state['step'] + 1, params=optax.apply_updates(state['params'], upd), opt_state=os_), m
 

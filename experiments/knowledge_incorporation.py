@@ -71,7 +71,7 @@ def finetune(b, config, passage, steps, lr):
   state = train.init_state(copy(b.params), tx, copy(b.cms))
   shard = train.state_shardings(state, b.shardings, b.mesh)
   batch_sh = sharding.batch_sharding(b.mesh, b.rules)
-  step = train.make_train_step(b.model, tx, shard, batch_sh)
+  step = train.make_train_step(b.model, tx, shard, batch_sh, labels=train.optimizer_labels(optim, b.params))
   batch = jax.device_put(doc_batch(b.tokenizer, passage, config.cycle.seq_len, 1), batch_sh)
   state = jax.device_put(state, shard)
   for _ in range(steps):

@@ -177,7 +177,8 @@ def lm(config, workdir: str) -> dict:
   state = train.init_state(b.params, tx, b.cms)
   shard = train.state_shardings(state, b.shardings, b.mesh)
   state = jax.device_put(state, shard)
-  step_fn = train.make_train_step(b.model, tx, shard, sharding.batch_sharding(b.mesh, b.rules))
+  step_fn = train.make_train_step(b.model, tx, shard, sharding.batch_sharding(b.mesh, b.rules),
+                                  labels=train.optimizer_labels(config.optim, b.params))
   meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
   _, res = _run_steps(config, workdir, 'lm', b, state, shard, step_fn, meta)
   write_json(os.path.join(workdir, 'results.json'), res)

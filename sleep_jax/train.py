@@ -57,8 +57,30 @@ def make_optimizer(cfg, params) -> optax.GradientTransformation:
     raise ValueError(f"optim.name={name!r} is not one of 'adamw', 'sgd'")
   if cfg.get('grad_clip', 0.0):
     opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-  labels = trainable_labels(params, cfg.get('trainable', '.*'), cfg.get('frozen', ''))
-  return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, labels)
+  return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, optimizer_labels(cfg, params))
+
+
+def optimizer_labels(cfg, params) -> Any:
+  """The 'train' / 'freeze' label tree `make_optimizer(cfg, params)` uses (pass it to `make_train_step`)."""
+  return trainable_labels(params, cfg.get('trainable', '.*'), cfg.get('frozen', ''))
+
+
+def trainable_value_and_grad(fun: Callable, params, labels=None):
+  """`jax.value_and_grad(fun, has_aux=True)(params)`, differentiating only the leaves labelled 'train'.
+
+  Frozen leaves get zero gradients that are never computed: no weight-gradient matmuls for a frozen base
+  (an expert-only step on SmolLM2 skips them; see experiments/benchmarks/suite.py). `labels=None` trains all.
+  """
+  if labels is None:
+    return jax.value_and_grad(fun, has_aux=True)(params)
+  flat, flat_l = traverse_util.flatten_dict(params), traverse_util.flatten_dict(labels)
+  if set(flat) != set(flat_l):
+    raise ValueError('trainable labels do not match the parameter tree; build them from these params '
+                     '(train.optimizer_labels(cfg, params))')
+  trained = {k: v for k, v in flat.items() if flat_l[k] == 'train'}
+  frozen = {k: v for k, v in flat.items() if flat_l[k] != 'train'}
+  out, g = jax.value_and_grad(lambda t: fun(traverse_util.unflatten_dict({**frozen, **t})), has_aux=True)(trained)
+  return out, traverse_util.unflatten_dict({**g, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
 
 
 def init_state(params, tx, cms=None) -> dict:
@@ -98,12 +120,13 @@ def lm_loss(model: nn.Module, params, batch, cms=None):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, shardings: Any, batch_sh,
-                    loss_fn: Callable = lm_loss):
-  """Jitted `step(state, batch) -> (state, metrics)` with the state donated."""
+                    loss_fn: Callable = lm_loss, labels=None):
+  """Jitted `step(state, batch) -> (state, metrics)` with the state donated. `labels`
+  (`optimizer_labels(cfg, params)`): differentiate only the trained leaves; 'grad_norm' is over those."""
 
   def step(state, batch):
-    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch, state.get('cms')),
-                                                has_aux=True)(state['params'])
+    (loss, metrics), grads = trainable_value_and_grad(lambda p: loss_fn(model, p, batch, state.get('cms')),
+                                                      state['params'], labels)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))

@@ -68,6 +68,28 @@ def test_trainable_mask_errors_are_clear():
     train.trainable_labels(params, trainable='(')
 
 
+def test_trainable_value_and_grad_skips_frozen_leaves_exactly():
+  """Only trained leaves are differentiated: their gradients equal the full gradient's, frozen ones are 0,
+  and the jitted program has fewer FLOPs (the frozen weights' gradient matmuls are gone)."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+  params = {'base': {'w': jnp.asarray(rng.normal(size=(64, 64)), jnp.float32)},
+            'expert': {'a': jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)}}
+  x = jnp.asarray(rng.normal(size=(32, 64)), jnp.float32)
+  loss = lambda p: (jnp.sum(jnp.tanh(x @ p['base']['w']) @ p['expert']['a']) ** 2, {})
+  labels = train.trainable_labels(params, trainable='expert')
+  (v_all, _), g_all = jax.value_and_grad(loss, has_aux=True)(params)
+  (v, _), g = train.trainable_value_and_grad(loss, params, labels)
+  assert float(v) == float(v_all)
+  np.testing.assert_array_equal(g['expert']['a'], g_all['expert']['a'])
+  assert not np.any(np.asarray(g['base']['w'])) and np.any(np.asarray(g_all['base']['w']))
+  flops = lambda f: f.lower(params).compile().cost_analysis()['flops']
+  assert flops(jax.jit(lambda p: train.trainable_value_and_grad(loss, p, labels)[1])) < \
+      flops(jax.jit(lambda p: jax.value_and_grad(loss, has_aux=True)(p)[1]))
+  with pytest.raises(ValueError, match='do not match the parameter tree'):
+    train.trainable_value_and_grad(loss, params, {'base': {'w': 'train'}})
+
+
 def test_lm_job_resumes_from_its_workdir(tmp_path, devices8):
   from configs import lm
   config = lm.get_config('smoke')
