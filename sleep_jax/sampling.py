@@ -195,6 +195,9 @@ class Sampler:
     if self.mesh is not None:
       sh = NamedSharding(self.mesh, P(self._data_spec))
       toks, mask = jax.device_put(toks, sh), jax.device_put(mask, sh)
+      # The expert masks replicated on the mesh whatever made them (fresh host arrays or a jitted step's
+      # outputs): a different placement is a different jit signature and compiled the sampler again.
+      cms = jax.device_put(cms, NamedSharding(self.mesh, P())) if cms else cms
     out = self._fn(params, cms or {}, dream_key, toks, mask, rng, jnp.int32(max_new_tokens), jnp.float32(temperature),
                    jnp.int32(top_k), jnp.float32(top_p), n_buf=n_buf, use_top_k=top_k > 0,
                    use_top_p=top_p < 1.0)

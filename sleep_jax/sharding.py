@@ -72,6 +72,8 @@ def _fit_spec(spec: P, shape, mesh: Mesh) -> P:
     kept = tuple(a for a in axes_t if a in mesh.shape and mesh.shape[a] > 1)
     size = math.prod(mesh.shape[a] for a in kept)
     out.append(None if not kept or dim % size else (kept if len(kept) > 1 else kept[0]))
+  while out and out[-1] is None:   # canonical form, as jit writes its outputs' specs: P(None, None) -> P()
+    out.pop()                      # (equal placements with different specs compiled a jitted function twice)
   return P(*out)
 
 

@@ -323,7 +323,7 @@ class Dreamer:
           'tau': jax.jit(functools.partial(nll, **kw)),
           'mstep': jax.jit(functools.partial(mstep_update, tx=self.tx, gw=d.generator_weight,
                                              mw=d.memory_weight, **kw), donate_argnums=0),
-          'merge': jax.jit(view.merge)}
+          'merge': ks._merge_jit(view)}   # the one jitted merge Knowledge Seeding also uses: one compilation
     return self._fns[view]
 
   def init_state(self, params, index, view) -> dict:
