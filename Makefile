@@ -37,7 +37,7 @@ $(VENV)/.bench: $(VENV)/.installed requirements-bench.txt
 	touch $@
 
 bench: bench-setup
-	$(PY) -m experiments.benchmarks.foundation
+	$(PY) -m experiments.benchmarks.suite
 
 clean:
 	rm -rf $(VENV)

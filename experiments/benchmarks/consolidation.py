@@ -19,17 +19,21 @@ from absl import app, flags, logging  # noqa: E402
 
 from experiments.benchmarks import timing  # noqa: E402
 
-_REPS = flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
-_SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny random model (checks the script runs).')
+
+def define_flags():
+  """The command-line flags, defined only when run as a program, so the suite can import this module."""
+  flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
+  flags.DEFINE_bool('smoke', False, 'Tiny random model (checks the script runs).')
 
 
 def _median_time(fn, reps):
   return timing.median_time(fn, reps)[0]
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
+def setup(smoke: bool, eos_ids=None) -> dict:
+  """One Knowledge Seeding update's inputs on configs/sleep.py (or :smoke): the teacher, the student with a new
+  expert in each receiver layer, memory-buffer items, teacher samples, a fresh state and one batch. `eos_ids`
+  replaces the sampler's stop tokens (benchmarks pass [-1] so every completion has max_new_tokens tokens)."""
   import jax
   from configs import sleep as sleep_config
   from sleep_jax import build as build_lib
@@ -38,10 +42,12 @@ def main(argv):
   from sleep_jax.phases import cycle as cycle_lib
   from sleep_jax.rewards import Judge
 
-  config = sleep_config.get_config('smoke' if _SMOKE.value else '')
+  config = sleep_config.get_config('smoke' if smoke else '')
   b = build_lib.build(config)
   tok = b.tokenizer
   sampler = jobs.make_sampler(b, config)
+  if eos_ids is not None:
+    sampler.eos_ids = tuple(eos_ids)
   kcfg = ks.KSConfig.from_config(config.sleep.ks)
   judge = Judge(b.model, tok, prompt_buckets=config.sampling.prompt_buckets) if kcfg.gamma > 0 else None
   seeder = ks.Seeder(b.model, kcfg, tok, sampler, judge=judge)
@@ -52,22 +58,37 @@ def main(argv):
   docs = jobs.load_docs(config)[:1]
   items = cycle_lib.context_items(tok, docs, tuple(config.sleep.templates), 0, config.sleep.prefix_prompts)
   items = items[:kcfg.prompts_per_step]
-  reps = _REPS.value
-
-  t_teacher_sample = _median_time(lambda: seeder.teacher_samples(teacher, items, jax.random.key(0)), reps)
   samples = seeder.teacher_samples(teacher, items, jax.random.key(0))
   state = ks.init_state(sp, index, view, seeder.tx)
-  frozen = {'teacher': teacher, 'student': student, 'index': ks._index_arrays(index)}
   merged = ks.commit(sp, state, index, view)
+  batch, _ = seeder.step_batch(items, samples, merged, cms, teacher, jax.random.key(1))
+  cuts = [len(d) // 4 for d in samples]
+  prompts = [it.student + d[:c] for it, d, c in zip(items, samples, cuts) for _ in range(kcfg.group_size)]
+  return dict(config=config, b=b, sampler=sampler, kcfg=kcfg, judge=judge, seeder=seeder, layers=layers, view=view,
+              index=index, cms=cms, teacher=teacher, student=student, items=items, samples=samples, state=state,
+              merged=merged, batch=jax.device_put(batch), prompts=prompts,
+              frozen={'teacher': teacher, 'student': student, 'index': ks._index_arrays(index)})
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  from sleep_jax.phases import consolidate as ks
+
+  S = setup(flags.FLAGS.smoke)
+  b, sampler, kcfg, seeder, judge = (S[k] for k in ('b', 'sampler', 'kcfg', 'seeder', 'judge'))
+  teacher, items, samples, state, merged, cms = (S[k] for k in ('teacher', 'items', 'samples', 'state', 'merged',
+                                                                'cms'))
+  frozen, view, batch, prompts = S['frozen'], S['view'], S['batch'], S['prompts']
+  reps = flags.FLAGS.reps
+
+  t_teacher_sample = _median_time(lambda: seeder.teacher_samples(teacher, items, jax.random.key(0)), reps)
 
   # step_batch = student sampling + rewards; time sampling alone with the same prompts to split them.
   t_batch = _median_time(lambda: seeder.step_batch(items, samples, merged, cms, teacher, jax.random.key(1)), reps)
-  cuts = [len(d) // 4 for d in samples]
-  prompts = [it.student + d[:c] for it, d, c in zip(items, samples, cuts) for _ in range(kcfg.group_size)]
   t_sample = _median_time(lambda: sampler(merged, prompts, max_new_tokens=kcfg.max_new_tokens, rng=jax.random.key(2),
                                           temperature=kcfg.temperature, cms=cms), reps)
-  batch, _ = seeder.step_batch(items, samples, merged, cms, teacher, jax.random.key(1))
-  batch = jax.device_put(batch)
   N = batch['targets'].shape[1]
   score = jax.jit(lambda p, c, t, v: ks._forward_tail(b.model, p, c, t, v, N + 1)[:, :N].sum())
   t_score = _median_time(lambda: score(teacher['params'], teacher['cms'], batch['t_tokens'],
@@ -98,4 +119,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

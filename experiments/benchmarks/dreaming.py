@@ -20,11 +20,14 @@ from absl import app, flags, logging  # noqa: E402
 
 from experiments.benchmarks import timing  # noqa: E402
 
-_REPS = flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
-_DREAMS = flags.DEFINE_integer('dreams', 8, 'Isolated copies (dreams) per inner loop.')
-_MODELS = flags.DEFINE_list('models', ['tiny', 'smollm2'], "'tiny' (configs/sleep.py:smoke) and/or 'smollm2'.")
-_OUT = flags.DEFINE_string('out', '', 'Write the measurements as JSON here too.')
-_ROUND = flags.DEFINE_bool('round', True, 'Also split one whole Dreaming round (larger models only).')
+
+def define_flags():
+  """The command-line flags, defined only when run as a program, so the suite can import this module."""
+  flags.DEFINE_integer('reps', 3, 'Timed repetitions (median reported).')
+  flags.DEFINE_integer('dreams', 8, 'Isolated copies (dreams) per inner loop.')
+  flags.DEFINE_list('models', ['tiny', 'smollm2'], "'tiny' (configs/sleep.py:smoke) and/or 'smollm2'.")
+  flags.DEFINE_string('out', '', 'Write the measurements as JSON here too.')
+  flags.DEFINE_bool('round', True, 'Also split one whole Dreaming round (larger models only).')
 
 
 def bench_model(name, reps, n_dreams, split_round=True):
@@ -90,10 +93,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax
-  recs = [bench_model(m, _REPS.value, _DREAMS.value, _ROUND.value) for m in _MODELS.value]
-  peak = timing.matmul_peak_gflops(_REPS.value)
+  recs = [bench_model(m, flags.FLAGS.reps, flags.FLAGS.dreams, flags.FLAGS.round) for m in flags.FLAGS.models]
+  peak = timing.matmul_peak_gflops(flags.FLAGS.reps)
   machine = f'{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}'
-  lines = [f'Dreaming inner loop, {_DREAMS.value} isolated copies ({machine}); median of {_REPS.value}; '
+  lines = [f'Dreaming inner loop, {flags.FLAGS.dreams} isolated copies ({machine}); median of {flags.FLAGS.reps}; '
            f'float32 matmul peak measured in this run: {peak:.0f} GFLOP/s',
            '', '| model | dreams x inner steps | row tokens | vmapped (s) | Python loop (s) | speedup | '
            'GFLOP (vmapped / loop) | GFLOP/s (vmapped / loop) | % of matmul peak (vmapped / loop) | '
@@ -115,10 +118,11 @@ def main(argv):
                      ('inner_s', 'inner loop (vmapped copies)'), ('mstep_s', 'ReST-EM M-step')):
         lines.append(f'| {lab} | {rd[k]:.2f} | {100 * rd[k] / tot:.0f}% |')
   print('\n'.join(lines))
-  if _OUT.value:
-    with open(_OUT.value, 'w') as fh:
+  if flags.FLAGS.out:
+    with open(flags.FLAGS.out, 'w') as fh:
       json.dump({'machine': machine, 'results': recs}, fh, indent=1)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -1,0 +1,35 @@
+"""The performance suite's CI-size checks: compilation counts that must not grow with run length, and the suite's
+report on the tiny model (no timings are asserted: machines are shared; the ratios are in README's table)."""
+import pytest
+
+from experiments.benchmarks import suite
+
+
+def test_compilations_do_not_grow_with_steps():
+  """A wake stream of 3 vs 12 steps and a sleep of 2 KS steps + 2 dream rounds vs 4 + 3 compile the same programs:
+  everything compiles during warm-up, nothing after (caches cleared before each run)."""
+  r = suite.compile_section(wake_steps=(3, 12), sleep_steps=((2, 2), (4, 3)), two_sleeps=False)
+  (w_short, w_long), (s_short, s_long) = [[r[k] for k in r if k.startswith(p)] for p in ('wake,', 'wake + sleep')]
+  for short, long in ((w_short, w_long), (s_short, s_long)):
+    assert short['n'] > 0
+    assert long['per_fn'].keys() == short['per_fn'].keys()
+    assert {k: v[0] for k, v in long['per_fn'].items()} == {k: v[0] for k, v in short['per_fn'].items()}
+  assert s_short['sleeps'] == s_long['sleeps'] == 1
+
+
+def test_suite_reports_the_tiny_model(tmp_path):
+  rec = suite.model_sections('tiny', {'train'}, reps=1, skip_hf=True)
+  full, expert = rec['train_full'], rec['train_expert']
+  assert full['ours_s'] > 0 and expert['ours_s'] > 0
+  # skipping the frozen base's gradients removes real work from the compiled step
+  assert expert['xla_flops'] < 0.8 * expert['xla_flops_all_grads']
+  # the model-FLOP formula agrees with XLA's count of the compiled step (which adds softmax, norms, AdamW)
+  assert 0.8 < full['xla_flops'] / full['model_flops'] < 1.3
+  text = suite.table({'models': [rec], 'limits': {'jax_matmul_gflops': 100.0, 'jax_gemv_b1_gb_s': 1.0,
+                                                   'jax_gemv_b8_gb_s': 1.0}})
+  assert 'expert-only train step tokens/s' in text and '% of matmul peak' in text
+
+
+def test_unknown_model_is_a_clear_error():
+  with pytest.raises(ValueError, match="not one of 'tiny', 'smollm2'"):
+    suite.load_model('gpt5')
