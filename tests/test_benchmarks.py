@@ -33,3 +33,10 @@ def test_suite_reports_the_tiny_model(tmp_path):
 def test_unknown_model_is_a_clear_error():
   with pytest.raises(ValueError, match="not one of 'tiny', 'smollm2'"):
     suite.load_model('gpt5')
+
+
+def test_gpu_section_code_path_runs_on_a_tiny_model():
+  """The GPU rows (bfloat16 1B-class MFU) run only where a GPU is; their code path is checked here on CPU, tiny."""
+  tiny = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)
+  g = suite.gpu_section(1, model=tiny, B=8, L=16, peak_n=128)   # B: the batch splits over the 8 test devices
+  assert g['model']['dtype'] == 'bfloat16' and g['step_s'] > 0 and g['mfu'] > 0

@@ -135,7 +135,7 @@ def ours_sampler(cfg, params, prompts_BP, reps):
   return _med(sample, reps), out['tokens']
 
 
-def ours_train(cfg, params, cms, reps, trainable='.*', skip_frozen=True):
+def ours_train(cfg, params, cms, reps, trainable='.*', skip_frozen=True, B=TRAIN_B, L=TRAIN_L):
   """Seconds per AdamW train step (batch TRAIN_B x TRAIN_L) and XLA's FLOP count of the compiled step."""
   import jax
   import ml_collections as mlc
@@ -152,9 +152,8 @@ def ours_train(cfg, params, cms, reps, trainable='.*', skip_frozen=True):
   state = {'s': jax.device_put(state, st_sh)}
   bsh = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   step = train.make_train_step(model, tx, st_sh, bsh, labels=train.optimizer_labels(ocfg, p) if skip_frozen else None)
-  seq = np.random.default_rng(0).integers(0, cfg.vocab_size, (TRAIN_B, TRAIN_L + 1)).astype(np.int32)
-  batch = jax.device_put({'inputs': seq[:, :-1], 'targets': seq[:, 1:],
-                          'weights': np.ones((TRAIN_B, TRAIN_L), np.float32)}, bsh)
+  seq = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, L + 1)).astype(np.int32)
+  batch = jax.device_put({'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': np.ones((B, L), np.float32)}, bsh)
   xla_flops = timing.compiled_flops(step, state['s'], batch) * mesh.size   # XLA counts one device's share
 
   def step_once():
@@ -188,7 +187,7 @@ def _torch_expert_class():
 
     def __init__(self, base, a, b, router):
       super().__init__()
-      t = lambda x: torch.nn.Parameter(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+      t = lambda x: torch.nn.Parameter(torch.tensor(np.array(x), dtype=torch.float32))
       self.base, self.a, self.b, self.router, self.enabled = base, t(a), t(b), t(router), True
 
     def forward(self, x):
@@ -476,28 +475,29 @@ def compile_section(wake_steps=(10, 100), sleep_steps=((2, 2), (6, 4)), two_slee
   return out
 
 
-def gpu_section(reps):
-  """bfloat16 train step of a 1B-class Llama (Llama-3.2-1B shapes, random weights) and its MFU."""
+LLAMA_1B = dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, d_ff=8192,
+                rope_base=500000.0, max_seq_len=4096)   # Llama-3.2-1B's shapes (random weights)
+
+
+def gpu_section(reps, model=LLAMA_1B, B=8, L=2048, peak_n=8192):
+  """bfloat16-compute train step (float32 master weights, AdamW) of a 1B-class Llama and its model FLOPs
+  utilisation against this device's measured bfloat16 matmul peak (a peak_n^3 matmul)."""
   import dataclasses
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from sleep_jax.models.llama import ModelConfig, Transformer
-  cfg = ModelConfig(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
-                    d_ff=8192, dtype='bfloat16', param_dtype='float32', max_seq_len=4096)
-  params = jax.jit(lambda k: Transformer(cfg).init(k, jnp.zeros((1, 8), jnp.int32))['params'])(jax.random.key(0))
-  import flax.linen as nn
-  params = nn.meta.unbox(params)
-  n = 8192
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+  cfg = ModelConfig(**model, dtype='bfloat16', param_dtype='float32')
+  params = jax.jit(lambda k: nn.meta.unbox(Transformer(cfg).init(k, jnp.zeros((1, 8), jnp.int32))['params']))(
+      jax.random.key(0))
+  a = jax.random.normal(jax.random.key(0), (peak_n, peak_n), jnp.bfloat16)
   mm = jax.jit(lambda a: a @ a)
-  peak = 2 * n ** 3 / _med(lambda: jax.block_until_ready(mm(a)), max(reps, 3)) / 1e12
-  global TRAIN_B, TRAIN_L
-  TRAIN_B, TRAIN_L = 8, 2048
-  t, _ = ours_train(cfg, params, None, reps)
-  fl = train_flops(cfg, TRAIN_B, TRAIN_L)
-  return {'model': dataclasses.asdict(cfg), 'params_b': cfg.num_params() / 1e9, 'batch': [TRAIN_B, TRAIN_L],
-          'step_s': t, 'tflops': fl / t / 1e12, 'bf16_matmul_peak_tflops': peak, 'mfu': fl / t / 1e12 / peak,
-          'device': str(jax.devices()[0])}
+  peak = 2 * peak_n ** 3 / _med(lambda: jax.block_until_ready(mm(a)), max(reps, 3)) / 1e12
+  t, _ = ours_train(cfg, jax.device_get(params), None, reps, B=B, L=L)
+  fl = train_flops(cfg, B, L)
+  return {'model': dataclasses.asdict(cfg), 'params_b': cfg.num_params() / 1e9, 'batch': [B, L], 'step_s': t,
+          'tflops': fl / t / 1e12, 'bf16_matmul_peak_tflops': peak, 'mfu': fl / t / 1e12 / peak,
+          'device': str(jax.devices()[0].device_kind)}
 
 
 # ---- report --------------------------------------------------------------------------------------------------
