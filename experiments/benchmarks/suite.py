@@ -136,7 +136,7 @@ def ours_sampler(cfg, params, prompts_BP, reps):
 
 
 def ours_train(cfg, params, cms, reps, trainable='.*', skip_frozen=True, B=TRAIN_B, L=TRAIN_L):
-  """Seconds per AdamW train step (batch TRAIN_B x TRAIN_L) and XLA's FLOP count of the compiled step."""
+  """(seconds per AdamW train step on a B x L batch, XLA's FLOP count of the compiled step, the first loss)."""
   import jax
   import ml_collections as mlc
   import numpy as np
@@ -156,24 +156,26 @@ def ours_train(cfg, params, cms, reps, trainable='.*', skip_frozen=True, B=TRAIN
   batch = jax.device_put({'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': np.ones((B, L), np.float32)}, bsh)
   xla_flops = timing.compiled_flops(step, state['s'], batch) * mesh.size   # XLA counts one device's share
 
+  losses = []
+
   def step_once():
     state['s'], m = step(state['s'], batch)
-    jax.block_until_ready(m['loss'])
-  return _med(step_once, reps), xla_flops
+    losses.append(float(m['loss']))
+  return _med(step_once, reps), xla_flops, losses[0]
 
 
 # ---- Hugging Face / PyTorch peers ----------------------------------------------------------------------------
 
 
-def hf_model(folder, cfg=None, expert_params=None):
-  """HF LlamaForCausalLM from `folder`; with `expert_params` each layer's MLP gets our CMS expert in PyTorch."""
+def hf_model(folder, experts=None):
+  """HF LlamaForCausalLM from `folder`; `experts` {layer: expert index j} adds our CMS expert j of that layer
+  (from `experts['params']`) to the layer's MLP, in PyTorch."""
   import torch
   from transformers import LlamaForCausalLM
   model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-  if expert_params is not None:
-    for i, layer in enumerate(model.model.layers):
-      m = expert_params[f'layers_{i}']['mlp']
-      layer.mlp = torch_expert(layer.mlp, m['expert_a'][0], m['expert_b'][0], m['router'][:, 0])
+  for i, j in (experts or {}).get('index', {}).items():
+    m, layer = experts['params'][f'layers_{i}']['mlp'], model.model.layers[i]
+    layer.mlp = torch_expert(layer.mlp, m['expert_a'][j], m['expert_b'][j], m['router'][:, j])
   return model
 
 
@@ -228,16 +230,19 @@ def hf_train(model, vocab, reps, expert_only=False):
   opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
   seq = torch.as_tensor(np.random.default_rng(0).integers(0, vocab, (TRAIN_B, TRAIN_L + 1)), dtype=torch.long)
 
+  losses = []
+
   def step_once():
     logits = model(seq[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1))
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    losses.append(float(loss))
   t = _med(step_once, reps)
   for p in model.parameters():
     p.requires_grad_(True)
-  return t
+  return t, losses[0]   # the first step's loss (initial weights): must equal ours (same computation)
 
 
 # ---- sections ------------------------------------------------------------------------------------------------
@@ -283,21 +288,22 @@ def model_sections(name, sections, reps, skip_hf):
         rec[f'sampler_b{B}'] = r
         logging.warning('%s sampler B=%d: %s', name, B, r)
     if 'train' in sections:
-      t, fl = ours_train(cfg, params, None, reps)
+      t, fl, loss = ours_train(cfg, params, None, reps)
       r = {'ours_s': t, 'ours_tok_s': TRAIN_B * TRAIN_L / t, 'model_flops': train_flops(cfg, TRAIN_B, TRAIN_L),
-           'xla_flops': fl}
+           'xla_flops': fl, 'ours_loss': loss}
       if hf_dir:
-        r['hf_s'] = hf_train(hf_model(hf_dir), cfg.vocab_size, reps)
+        r['hf_s'], r['hf_loss'] = hf_train(hf_model(hf_dir), cfg.vocab_size, reps)
       rec['train_full'] = r
       logging.warning('%s train full: %s', name, r)
       ecfg, eparams, ecms = with_experts(cfg, params)
       pat = 'expert_a|expert_b|router'
-      t, fl = ours_train(ecfg, eparams, ecms, reps, trainable=pat)
-      t0, fl0 = ours_train(ecfg, eparams, ecms, reps, trainable=pat, skip_frozen=False)
-      r = {'ours_s': t, 'ours_tok_s': TRAIN_B * TRAIN_L / t, 'ours_all_grads_s': t0, 'xla_flops': fl,
+      t, fl, loss = ours_train(ecfg, eparams, ecms, reps, trainable=pat)
+      t0, fl0, _ = ours_train(ecfg, eparams, ecms, reps, trainable=pat, skip_frozen=False)
+      r = {'ours_s': t, 'ours_tok_s': TRAIN_B * TRAIN_L / t, 'ours_all_grads_s': t0, 'xla_flops': fl, 'ours_loss': loss,
            'xla_flops_all_grads': fl0, 'model_flops': train_flops(ecfg, TRAIN_B, TRAIN_L, expert_only=True)}
       if hf_dir:
-        r['hf_s'] = hf_train(hf_model(hf_dir, ecfg, eparams), cfg.vocab_size, reps, expert_only=True)
+        r['hf_s'], r['hf_loss'] = hf_train(hf_model(hf_dir, {'params': eparams, 'index': dict.fromkeys(
+            range(cfg.n_layers), 0)}), cfg.vocab_size, reps, expert_only=True)
       rec['train_expert'] = r
       logging.warning('%s train expert-only: %s', name, r)
     if 'ks' in sections:
@@ -324,12 +330,14 @@ def ks_section(name, reps, skip_hf):
                 temperature=kcfg.temperature, cms=S['cms'])
     assert o.mask.all()
 
+  losses = []
+
   def ours_update():
     st['s'], m = update(st['s'], S['frozen'], batch)
-    jax.block_until_ready(m)
+    losses.append(float(m['loss']))
   rec = {'rows': {k: list(v.shape) for k, v in batch.items() if k in ('s_tokens', 't_tokens')},
          'completions': len(prompts), 'new_tokens': kcfg.max_new_tokens, 'receiver_layers': len(S['layers']),
-         'ours_sample_s': _med(ours_sample, reps), 'ours_update_s': _med(ours_update, reps)}
+         'ours_sample_s': _med(ours_sample, reps), 'ours_update_s': _med(ours_update, reps), 'ours_loss': losses[0]}
   if not skip_hf:
     rec.update(torch_ks(S, reps))
   logging.warning('%s KS step: %s', name, rec)
@@ -348,14 +356,8 @@ def torch_ks(S, reps):
   sp = jax_get(S['merged'])
   with tempfile.TemporaryDirectory() as d:
     save_hf(os.path.join(d, 'm'), plain_cfg, strip_experts(sp))
-    from transformers import LlamaForCausalLM
-    model = LlamaForCausalLM.from_pretrained(os.path.join(d, 'm'), dtype=torch.float32)
-  experts = []
-  for i in layers:
-    m, j = sp[f'layers_{i}']['mlp'], index[f'layers_{i}']
-    model.model.layers[i].mlp = torch_expert(model.model.layers[i].mlp, m['expert_a'][j], m['expert_b'][j],
-                                               m['router'][:, j])
-    experts.append(model.model.layers[i].mlp)
+    model = hf_model(os.path.join(d, 'm'), {'params': sp, 'index': {i: int(index[f'layers_{i}']) for i in layers}})
+  experts = [model.model.layers[i].mlp for i in layers]
   for n, p in model.named_parameters():
     p.requires_grad_(n.endswith(('.a', '.b', '.router')))
   opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=kcfg.lr, betas=(kcfg.b1, kcfg.b2))
@@ -377,6 +379,8 @@ def torch_ks(S, reps):
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)
     return model(tokens, attention_mask=valid.long(), position_ids=pos, logits_to_keep=N + 1).logits[:, :N]
 
+  losses = []
+
   def update():
     model.train()
     with torch.no_grad():
@@ -395,11 +399,12 @@ def torch_ks(S, reps):
     lp = ls.gather(-1, bt['targets'].long()[..., None])[..., 0]
     pg = -(bt['adv'] * ((lp * w).sum(1) / n_tok) * bt['pg_w']).sum()
     loss = kcfg.alpha * div + (1 - kcfg.alpha) * pg
+    losses.append(float(loss))
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], kcfg.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-  return {'torch_sample_s': _med(sample, reps), 'torch_update_s': _med(update, reps)}
+  return {'torch_sample_s': _med(sample, reps), 'torch_update_s': _med(update, reps), 'torch_loss': losses[0]}
 
 
 def jax_get(tree):
@@ -493,7 +498,7 @@ def gpu_section(reps, model=LLAMA_1B, B=8, L=2048, peak_n=8192):
   a = jax.random.normal(jax.random.key(0), (peak_n, peak_n), jnp.bfloat16)
   mm = jax.jit(lambda a: a @ a)
   peak = 2 * peak_n ** 3 / _med(lambda: jax.block_until_ready(mm(a)), max(reps, 3)) / 1e12
-  t, _ = ours_train(cfg, jax.device_get(params), None, reps, B=B, L=L)
+  t, _, _ = ours_train(cfg, jax.device_get(params), None, reps, B=B, L=L)
   fl = train_flops(cfg, B, L)
   return {'model': dataclasses.asdict(cfg), 'params_b': cfg.num_params() / 1e9, 'batch': [B, L], 'step_s': t,
           'tflops': fl / t / 1e12, 'bf16_matmul_peak_tflops': peak, 'mfu': fl / t / 1e12 / peak,
@@ -544,6 +549,15 @@ def table(res) -> str:
       row(n, f"Dreaming inner loop, {d['dreams']} dreams x {d['inner_steps']} steps: vmapped vs loop, s",
           d['vmapped_s'], d['loop_s'], ' s', higher=False)
   out = '\n'.join(lines)
+  checks = []
+  for m in res.get('models', []):
+    for key, what in (('train_full', 'train step'), ('train_expert', 'expert-only step'), ('ks', 'KS step')):
+      r = m.get(key, {})
+      peer = r.get('hf_loss', r.get('torch_loss'))
+      if peer is not None:
+        checks.append(f"{m['model']} {what} {r['ours_loss']:.5f} / {peer:.5f}")
+  if checks:
+    out += '\n\nsame computation, first-step loss sleep_jax / peer: ' + '; '.join(checks)
   if lim:
     out += (f"\n\nthis machine: float32 matmul peak {lim['jax_matmul_gflops']:.0f} GFLOP/s (JAX)"
             + (f", {lim['torch_matmul_gflops']:.0f} (torch, {lim['torch_threads']} threads)"
