@@ -13,7 +13,8 @@ def smollm2_model() -> mlc.ConfigDict:
       vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
       rope_base=100000.0, norm_eps=1e-5, tie_embeddings=True, max_seq_len=2048,
       dtype='float32', param_dtype='float32', init_std=0.02,
-      n_experts=0, expert_rank=0))  # CMS expert pool per block MLP (0/0 = plain MLP); paper: 5 x rank 64
+      n_experts=0, expert_rank=0,   # CMS expert pool per block MLP (0/0 = plain MLP); paper: 5 x rank 64
+      remat=False))  # recompute each block's activations in the backward pass (less memory, same numbers)
 
 
 def tiny_model() -> mlc.ConfigDict:

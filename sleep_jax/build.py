@@ -72,11 +72,12 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
     else:
       cfg, host = sio.load_hf(mc.path)
       tok = sio.Tokenizer.load(mc.path)
-    # The file fixes the architecture; config chooses compute dtypes, the context cap and the CMS expert
-    # pools added on top of the pretrained MLPs (their leaves start from a fresh init, all inactive).
+    # The file fixes the architecture; config chooses compute dtypes, the context cap, rematerialisation and the
+    # CMS expert pools added on top of the pretrained MLPs (their leaves start from a fresh init, all inactive).
     cfg = dataclasses.replace(cfg, dtype=mc.dtype, param_dtype=mc.param_dtype,
                               max_seq_len=min(cfg.max_seq_len, mc.max_seq_len),
-                              n_experts=mc.get('n_experts', 0), expert_rank=mc.get('expert_rank', 0))
+                              n_experts=mc.get('n_experts', 0), expert_rank=mc.get('expert_rank', 0),
+                              remat=mc.get('remat', False))
     model = Transformer(cfg)
     shardings = sharding.logical_shardings(abstract_params(model), mesh, rules)
     host = jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.param_dtype)), host)

@@ -2,6 +2,7 @@
 inside the cycle, and a user's own documents."""
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -157,3 +158,28 @@ def test_user_documents_through_the_config(tmp_path):
   with pytest.raises(ValueError, match=r'mine.jsonl:2:.*\n.*mine.jsonl:3:'):
     jobs.load_docs(c)
   assert documents.load_jsonl  # the loader the job uses
+
+
+def test_lowmem_variant_changes_only_memory_knobs():
+  """configs/sleep.py:lowmem runs the same sleep as the default (only memory knobs differ), validates into the
+  model / Knowledge Seeding / Dreaming configs, and its full-size parameter tree is the default's (checkpoints
+  interchange)."""
+  from sleep_jax.models.llama import Transformer
+  from sleep_jax.phases import consolidate, dream
+
+  def flat(d, pre=''):
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()}
+
+  full, low = (flat(sleep_config.get_config(a).to_dict()) for a in ('', 'lowmem'))
+  assert {k for k in full if full[k] != low[k]} == {'model.remat'} and set(full) == set(low)
+  c = sleep_config.get_config('lowmem')
+  consolidate.KSConfig.from_config(c.sleep.ks)
+  dream.DreamConfig.from_config(c.sleep.dream)
+  cfg = build_lib.model_config_from(c.model)
+  assert cfg.remat and cfg.n_experts == 2
+  shapes = lambda m: jax.tree.map(lambda x: (x.shape, x.dtype), nn.meta.unbox(build_lib.abstract_params(m)))
+  default_cfg = build_lib.model_config_from(sleep_config.get_config('').model)
+  assert shapes(Transformer(cfg)) == shapes(Transformer(default_cfg))
+  with pytest.raises(ValueError, match="'lowmem'"):
+    sleep_config.get_config('low')
