@@ -348,12 +348,13 @@ def torch_ks(S, reps):
   """The same step in PyTorch: HF generate of the G completions with the student, then teacher forward, student
   forward/backward of alpha * JSD(beta) + (1 - alpha) * policy gradient over the completion tokens, AdamW."""
   import math
+  import jax
   import numpy as np
   import torch
   from sleep_jax.io import save_hf
   b, kcfg, layers, index = S['b'], S['kcfg'], S['layers'], S['index']
   plain_cfg = __import__('dataclasses').replace(b.cfg, n_experts=0, expert_rank=0)
-  sp = jax_get(S['merged'])
+  sp = jax.device_get(S['merged'])
   with tempfile.TemporaryDirectory() as d:
     save_hf(os.path.join(d, 'm'), plain_cfg, strip_experts(sp))
     model = hf_model(os.path.join(d, 'm'), {'params': sp, 'index': {i: int(index[f'layers_{i}']) for i in layers}})
@@ -405,11 +406,6 @@ def torch_ks(S, reps):
     opt.step()
     opt.zero_grad(set_to_none=True)
   return {'torch_sample_s': _med(sample, reps), 'torch_update_s': _med(update, reps), 'torch_loss': losses[0]}
-
-
-def jax_get(tree):
-  import jax
-  return jax.device_get(tree)
 
 
 class CompileCounter:
