@@ -6,7 +6,9 @@ that so our rotate-half RoPE gives the same model. Reading memory-maps the file;
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +49,101 @@ def unpermute_qk(w, n_head: int):
   return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# GGUF value types -> fixed size in bytes (STRING = 8, ARRAY = 9 are variable).
+_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY, _MAX_DIMS, _MAX_NESTING = 8, 9, 4, 4
+
+
+def check_layout(path, buf) -> None:
+  """Walk a little-endian GGUF (v2/v3) header in `buf` and check every count, length and offset against the
+  file size before `gguf.GGUFReader` touches it: a corrupt length field can neither make it allocate or loop
+  without bound nor read past the end. Tensor data must lie inside the file. Raises ValueError naming `path`."""
+  from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+  size = len(buf)
+
+  def bad(what, at):
+    raise ValueError(f'{path}: corrupt or truncated GGUF: {what} at byte {at} (file has {size} bytes)')
+
+  def take(fmt, at, what):
+    n = struct.calcsize(fmt)
+    if at + n > size:
+      bad(f'{what} runs past the end', at)
+    return struct.unpack_from(fmt, buf, at), at + n
+
+  def string(at, what):
+    (n,), at = take('<Q', at, f'{what} length')
+    if n > size - at:
+      bad(f'{what} length {n} exceeds the bytes left ({size - at})', at - 8)
+    return bytes(buf[at:at + n]), at + n
+
+  def value(vtype, at, what, depth=0):
+    if vtype in _SCALAR_SIZE:
+      if at + _SCALAR_SIZE[vtype] > size:
+        bad(f'{what} runs past the end', at)
+      return at + _SCALAR_SIZE[vtype]
+    if vtype == _STRING:
+      return string(at, what)[1]
+    if vtype == _ARRAY:
+      if depth >= _MAX_NESTING:
+        bad(f'{what}: arrays nested deeper than {_MAX_NESTING}', at)
+      (etype, n), at = take('<IQ', at, f'{what} array header')
+      least = _SCALAR_SIZE.get(etype, 8 if etype in (_STRING, _ARRAY) else None)
+      if least is None:
+        bad(f'{what}: unknown array element type {etype}', at - 12)
+      if n * least > size - at:
+        bad(f'{what}: array of {n} elements cannot fit in the {size - at} bytes left', at - 8)
+      if etype in _SCALAR_SIZE:
+        return at + n * least
+      for i in range(n):
+        at = value(etype, at, f'{what}[{i}]', depth + 1)
+      return at
+    bad(f'{what}: unknown value type {vtype}', at - 4)
+
+  (version, n_tensors, n_kv), at = take('<IQQ', 4, 'header')
+  if version not in (2, 3):
+    raise ValueError(f'{path}: GGUF version {version} is not supported (2 or 3, little-endian)')
+  if n_kv * 13 > size - at or n_tensors * 24 > size - at:   # smallest possible entries
+    bad(f'{n_kv} metadata entries / {n_tensors} tensors cannot fit', 8)
+  alignment = 32
+  for k in range(n_kv):
+    key, at = string(at, f'metadata key #{k}')
+    (vtype,), at = take('<I', at, f'type of metadata {key[:64]!r}')
+    start = at
+    at = value(vtype, at, f'metadata {key[:64]!r}')
+    if key == b'general.alignment':
+      if vtype != 4:
+        bad('general.alignment is not a uint32', start)
+      alignment = struct.unpack_from('<I', buf, start)[0]
+      if alignment == 0 or alignment & (alignment - 1):
+        bad(f'general.alignment={alignment} is not a power of two', start)
+  infos = []
+  for t in range(n_tensors):
+    name, at = string(at, f'tensor #{t} name')
+    (nd,), at = take('<I', at, f'tensor {name[:64]!r} n_dims')
+    if nd > _MAX_DIMS:
+      bad(f'tensor {name[:64]!r} has {nd} dims (at most {_MAX_DIMS})', at - 4)
+    dims, at = take(f'<{nd}Q', at, f'tensor {name[:64]!r} dims')
+    (ttype, offset), at = take('<IQ', at, f'tensor {name[:64]!r} type/offset')
+    try:
+      block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+    except (ValueError, KeyError):
+      bad(f'tensor {name[:64]!r} has unknown type {ttype}', at - 12)
+    n = 1
+    for d in dims:
+      n *= d
+    if dims and dims[0] % block:
+      bad(f'tensor {name[:64]!r}: first dim {dims[0]} is not a multiple of its block size {block}', at)
+    infos.append((name, offset, n // block * type_size))
+  data_start = -(-at // alignment) * alignment
+  for name, offset, nbytes in infos:
+    if data_start + offset + nbytes > size:
+      bad(f'tensor {name[:64]!r} data [{offset}, {offset + nbytes}) runs past the end of the data section', at)
+
+
 def open_gguf(path):
   """A `gguf.GGUFReader` (memory-mapped); a missing, non-GGUF or truncated file raises naming the file."""
+  import mmap
+
   import gguf
   path = Path(path)
   if not path.exists():
@@ -57,8 +152,10 @@ def open_gguf(path):
     raise ValueError(f'GGUF path {path} is not a file')
   with open(path, 'rb') as f:
     magic = f.read(4)
-  if magic != b'GGUF':
-    raise ValueError(f'{path} is not a GGUF file (magic bytes {magic!r}, expected b"GGUF")')
+    if magic != b'GGUF':
+      raise ValueError(f'{path} is not a GGUF file (magic bytes {magic!r}, expected b"GGUF")')
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+      check_layout(path, buf)
   try:
     return gguf.GGUFReader(path)
   except Exception as e:  # the reader raises ValueError / IndexError / struct errors on short or bad files
@@ -84,13 +181,23 @@ def config_from_reader(reader, path) -> ModelConfig:
   arch = _field(reader, 'general.architecture', path)
   if arch not in SUPPORTED_ARCHS:
     raise ValueError(f'{path}: unsupported GGUF architecture {arch!r}; supported: {SUPPORTED_ARCHS}')
-  g = lambda k, default=...: _field(reader, f'{arch}.{k}', path, default)
+
+  def g(k, default=...):   # a numeric llama.* value, checked: metadata of a corrupt file can hold anything
+    v = _field(reader, f'{arch}.{k}', path, default)
+    if v is None or (default is not ... and v is default):
+      return v
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+        or not 0 <= v < 2**31:
+      raise ValueError(f'{path}: GGUF metadata {arch}.{k}={v!r} is not a number in [0, 2^31)')
+    return v
   if g('expert_count', 0):
     raise ValueError(f'{path}: mixture-of-experts GGUF ({arch}.expert_count={g("expert_count")}) is not supported')
-  scaling = g('rope.scaling.type', None)
+  scaling = _field(reader, f'{arch}.rope.scaling.type', path, None)
   if scaling not in (None, 'none'):
     raise ValueError(f'{path}: RoPE scaling {scaling!r} ({arch}.rope.scaling.type) is not supported')
   D, H = int(g('embedding_length')), int(g('attention.head_count'))
+  if D < 1 or H < 1:
+    raise ValueError(f'{path}: {arch}.embedding_length={D} and {arch}.attention.head_count={H} must be >= 1')
   K = int(g('attention.head_count_kv', H))
   if D % H and g('attention.key_length', None) is None:
     raise ValueError(f'{path}: {arch}.embedding_length={D} is not a multiple of head_count={H}')
@@ -102,6 +209,9 @@ def config_from_reader(reader, path) -> ModelConfig:
                      f'{rot}); the model needs one head_dim with full-width RoPE')
   tokens = reader.fields.get('tokenizer.ggml.tokens')
   V = len(tokens.data) if tokens is not None else g('vocab_size', None)
+  if int(g('block_count')) * 9 > len(reader.tensors):   # bounds every per-layer loop by the file's contents
+    raise ValueError(f'{path}: {arch}.block_count={g("block_count")} layers need at least 9 tensors each, but the '
+                     f'file has {len(reader.tensors)}')
   if V is None:
     raise ValueError(f'{path}: neither tokenizer.ggml.tokens nor {arch}.vocab_size gives the vocabulary size')
   names = {t.name for t in reader.tensors}
@@ -177,11 +287,29 @@ def _contiguous(tree):
   return np.ascontiguousarray(tree, dtype=np.float32)
 
 
+@contextlib.contextmanager
+def named_errors(path, what: str = 'GGUF metadata'):
+  """Errors from reading a corrupt file's contents (undecodable strings, wrong value types, bad indices) as one
+  ValueError naming the file: a user sees which file is bad, never a bare IndexError from deep inside."""
+  try:
+    yield
+  except (FileNotFoundError, MemoryError):
+    raise
+  except ValueError as e:
+    if str(path) in str(e):
+      raise
+    raise ValueError(f'{path}: malformed {what}: {e}') from e
+  except (TypeError, IndexError, KeyError, AttributeError, OverflowError, struct.error) as e:
+    raise ValueError(f'{path}: malformed {what} ({type(e).__name__}: {e}); the file is corrupt or not what it '
+                     'claims to be') from e
+
+
 def load_gguf(path) -> tuple[ModelConfig, dict]:
   """(ModelConfig, params) from a llama-architecture GGUF file; params are float32 numpy arrays."""
   reader = open_gguf(path)
-  cfg = config_from_reader(reader, path)
-  return cfg, params_from_reader(reader, cfg, path)
+  with named_errors(path):
+    cfg = config_from_reader(reader, path)
+    return cfg, params_from_reader(reader, cfg, path)
 
 
 __all__ = ['load_gguf', 'default_model_path', 'open_gguf', 'permute_qk', 'unpermute_qk', 'config_from_reader',

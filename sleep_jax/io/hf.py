@@ -7,6 +7,7 @@ renames it into place, so a half-written folder is never taken for a whole one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ def _read_config(folder: Path) -> ModelConfig:
     raise FileNotFoundError(f'{folder}: config.json is missing (not a Hugging Face checkpoint folder?)')
   try:
     c = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f'{path}: invalid JSON: {e}') from e
+  if not isinstance(c, dict):
+    raise ValueError(f'{path}: expected a JSON object, got {type(c).__name__}')
   for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size'):
     if k not in c:
       raise ValueError(f'{path}: required key {k!r} is missing')
@@ -40,17 +43,27 @@ def _read_config(folder: Path) -> ModelConfig:
   if c.get('hidden_act', 'silu') != 'silu':
     raise ValueError(f'{path}: hidden_act={c["hidden_act"]!r} is not supported (SwiGLU with silu only)')
   rope = c.get('rope_parameters') or {}  # transformers>=5 nests rope_theta here
+  if not isinstance(rope, dict):
+    raise ValueError(f'{path}: rope_parameters must be an object, got {rope!r}')
   if rope.get('rope_type', 'default') != 'default':
     raise ValueError(f'{path}: rope_parameters.rope_type={rope["rope_type"]!r} is not supported')
-  H = int(c['num_attention_heads'])
+
+  def num(key, kind=int, default=None):
+    v = c.get(key, rope.get(key) if key == 'rope_theta' else None)
+    v = default if v is None else v
+    if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) or not 0 < v < 2**31 \
+        or (kind is float and not math.isfinite(v)):
+      raise ValueError(f'{path}: {key}={v!r} must be a positive {kind.__name__} below 2^31')
+    return kind(v)
+
+  H, D = num('num_attention_heads'), num('hidden_size')
   try:
     return ModelConfig(
-        vocab_size=int(c['vocab_size']), d_model=int(c['hidden_size']), n_layers=int(c['num_hidden_layers']),
-        n_heads=H, n_kv_heads=int(c.get('num_key_value_heads') or H),
-        head_dim=int(c.get('head_dim') or c['hidden_size'] // H), d_ff=int(c['intermediate_size']),
-        rope_base=float(c.get('rope_theta', rope.get('rope_theta', 10000.0))),
-        norm_eps=float(c.get('rms_norm_eps', 1e-6)), tie_embeddings=bool(c.get('tie_word_embeddings', False)),
-        max_seq_len=int(c.get('max_position_embeddings', 2048)))
+        vocab_size=num('vocab_size'), d_model=D, n_layers=num('num_hidden_layers'), n_heads=H,
+        n_kv_heads=num('num_key_value_heads', default=H), head_dim=num('head_dim', default=max(D // H, 1)),
+        d_ff=num('intermediate_size'), rope_base=num('rope_theta', float, 10000.0),
+        norm_eps=num('rms_norm_eps', float, 1e-6), tie_embeddings=bool(c.get('tie_word_embeddings', False)),
+        max_seq_len=num('max_position_embeddings', default=2048))
   except ValueError as e:
     raise ValueError(f'{path}: {e}') from e
 
@@ -109,6 +122,9 @@ def load_hf(folder) -> tuple[ModelConfig, dict]:
     raise FileNotFoundError(f'checkpoint folder {folder} does not exist')
   cfg = _read_config(folder)
   t = _read_tensors(folder)
+  if cfg.n_layers * 9 > len(t):   # bounds the loops below by the file, whatever config.json claims
+    raise ValueError(f'{folder}: config.json says {cfg.n_layers} layers but the safetensors hold only {len(t)} '
+                     f'tensors (9 per layer)')
   want = hf_shapes(cfg)
   if cfg.tie_embeddings and 'lm_head.weight' in t:  # some exports save the tied head too; it must be the embedding
     head = t.pop('lm_head.weight')

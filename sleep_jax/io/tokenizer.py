@@ -44,8 +44,10 @@ class Tokenizer:
   # ---- construction --------------------------------------------------------------------------
   @classmethod
   def from_gguf(cls, path) -> 'Tokenizer':
-    from sleep_jax.io.gguf import open_gguf
-    return cls.from_reader(open_gguf(path), path)
+    from sleep_jax.io.gguf import named_errors, open_gguf
+    reader = open_gguf(path)
+    with named_errors(path, 'GGUF tokenizer metadata'):
+      return cls.from_reader(reader, path)
 
   @classmethod
   def from_reader(cls, reader, path='<gguf>') -> 'Tokenizer':
@@ -72,7 +74,10 @@ class Tokenizer:
       if len(pair) != 2:
         raise ValueError(f'{path}: malformed BPE merge {m!r} in tokenizer.ggml.merges')
       merges.append(tuple(pair))
-    tk = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    try:   # `tokenizers` raises a bare Exception for inconsistent vocab/merges
+      tk = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(f'{path}: tokenizer.ggml.tokens / merges do not form a BPE tokenizer: {e}') from e
     tk.pre_tokenizer = _pre_tokenizer(get('tokenizer.ggml.pre', 'default'), path)
     tk.decoder = decoders.ByteLevel()
     if types is not None:
