@@ -45,4 +45,7 @@ def base_config() -> mlc.ConfigDict:
       prompt_buckets=(16, 32, 64, 128, 256, 512, 1024), gen_buckets=(16, 32, 64, 128, 256, 512)))
   c.checkpoint = mlc.ConfigDict(dict(every=100, keep=3, sleep_every=0))  # sleep_every: KS updates between saves
   c.log_every = 10
+  # NaN/Inf in a loss, gradient norm or reward: 'stop' (raise naming phase, step and quantity, before the bad
+  # state is checkpointed) or 'skip' (the step leaves the state unchanged; counted; more than max_skips stops).
+  c.guard = mlc.ConfigDict(dict(nonfinite='stop', max_skips=10))
   return c

@@ -360,7 +360,9 @@ def merge_main(paths, workdir):
     raise ValueError(f'--from_results: seeds repeat across files: {seeds}')
   if len(splits) != 1:
     raise ValueError(f'--from_results: files mix splits {sorted(splits)}')
-  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'sleeps': sleeps, 'merged_from': list(paths)})
+  from sleep_jax import jobs
+  write_json(os.path.join(workdir, 'results.json'),
+             {'rows': rows, 'sleeps': sleeps, 'merged_from': list(paths), **jobs.versions()})
   report(rows, sleeps, workdir, f'split {splits.pop()}; merged from {", ".join(paths)}')
 
 

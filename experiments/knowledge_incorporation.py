@@ -222,7 +222,9 @@ def merge_main(paths, workdir):
     vs = [v for v in r['rows'][0] if isinstance(r['rows'][0][v], dict)]
     names = vs if names is None else [v for v in names if v in vs]
   names = ['before'] + [v for v in names if v not in ('before', 'ceiling')] + ['ceiling']
-  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)})
+  from sleep_jax import jobs
+  write_json(os.path.join(workdir, 'results.json'),
+             {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths), **jobs.versions()})
   report(rows, probe0, names, workdir, f'{len(rows)} passages merged from {", ".join(paths)}')
 
 

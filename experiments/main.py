@@ -27,6 +27,10 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()   # before any other JAX call; each process then reads its own data shard
   from sleep_jax import jobs
+  try:   # before anything is written: a bad value leaves no workdir behind
+    jobs.validate(_CONFIG.value)
+  except ValueError as e:
+    raise SystemExit(f'error: {e}') from None
   os.makedirs(_WORKDIR.value, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(_WORKDIR.value, 'config.json'), 'w') as f:  # the resolved config of this run

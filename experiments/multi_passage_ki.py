@@ -129,7 +129,9 @@ def merge(paths, workdir):
     if probe0 is not None and abs(r['probe_before'] - probe0) > 1e-6:
       raise ValueError(f'{p}: probe_before {r["probe_before"]} differs from {probe0}: not the same model')
     rows, probe0 = rows + r['rows'], r['probe_before']
-  write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths)})
+  from sleep_jax import jobs
+  write_json(os.path.join(workdir, 'results.json'),
+             {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths), **jobs.versions()})
   report(rows, probe0, workdir, f'merged from {", ".join(paths)}')
 
 

@@ -34,6 +34,23 @@ class Built:
     return variables(self.params, self.cms)
 
 
+def check_source(mc, problems: list) -> None:
+  """Append what is wrong with `config.model`'s source and path (before anything is loaded)."""
+  import os
+  if mc.source not in SOURCES:
+    problems.append(f'model.source={mc.source!r} is not one of {SOURCES}')
+  elif mc.source == 'gguf' and not os.path.isfile(mc.path):
+    problems.append(f'model.path={mc.path!r} is not a file (model.source=gguf needs a .gguf file)')
+  elif mc.source == 'hf' and not os.path.isdir(mc.path):
+    problems.append(f'model.path={mc.path!r} is not a folder (model.source=hf needs a folder with config.json '
+                    'and model.safetensors)')
+  if mc.dtype not in ('float32', 'bfloat16', 'float16') or mc.param_dtype not in ('float32', 'bfloat16', 'float16'):
+    problems.append(f'model.dtype={mc.dtype!r} / model.param_dtype={mc.param_dtype!r} must be float32, bfloat16 '
+                    'or float16')
+  if mc.max_seq_len < 1:
+    problems.append(f'model.max_seq_len={mc.max_seq_len} must be >= 1')
+
+
 def model_config_from(mc) -> ModelConfig:
   return ModelConfig.from_dict(mc)
 
@@ -72,6 +89,9 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
     else:
       cfg, host = sio.load_hf(mc.path)
       tok = sio.Tokenizer.load(mc.path)
+    if tok.vocab_size > cfg.vocab_size:   # ids past the embedding would be clamped silently by the gather
+      raise ValueError(f'tokenizer of {mc.path or mc.source} has {tok.vocab_size} tokens but the model\'s vocabulary '
+                       f'is {cfg.vocab_size}: the tokenizer does not belong to these weights')
     # The file fixes the architecture; config chooses compute dtypes, the context cap, rematerialisation and the
     # CMS expert pools added on top of the pretrained MLPs (their leaves start from a fresh init, all inactive).
     cfg = dataclasses.replace(cfg, dtype=mc.dtype, param_dtype=mc.param_dtype,

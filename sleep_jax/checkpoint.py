@@ -30,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from sleep_jax import faults
+
 log = logging.getLogger(__name__)
 
 COMMIT_MARKER = ocp.path.atomicity.COMMIT_SUCCESS_FILE  # 'commit_success.txt' in orbax 0.12.8
@@ -82,6 +84,17 @@ class _TargetMismatch(ValueError):
   pass
 
 
+class _CrashPointTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's local-disk commit (write the marker, rename the tmp dir) preceded by
+  `faults.point('checkpoint_write')`: a crash there leaves every file of the step written in its tmp dir, with
+  no commit marker and no final name. Used only when a crash point is armed (sleep_jax/faults.py)."""
+
+  async def finalize(self):
+    if self._final_path.name.isdigit():   # the step directory (its items are finalized before it)
+      faults.point('checkpoint_write')
+    await super().finalize()
+
+
 class Checkpointer:
   """Keeps the `keep` newest steps of {'state', 'meta', 'extra'} under `<workdir>/checkpoints`.
 
@@ -108,7 +121,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         save_decision_policy=policy, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
+        cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save,
+        **({'temporary_path_class': _CrashPointTemporaryPath} if faults.armed() else {}))
     handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
                 'extra': ocp.JsonCheckpointHandler()}
     self._mngr = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)

@@ -14,6 +14,7 @@ import numpy as np
 
 from sleep_jax import build as build_lib
 from sleep_jax import sharding, train
+from sleep_jax.guard import NonFiniteGuard
 from sleep_jax.sampling import Sampler
 
 
@@ -28,13 +29,22 @@ def write_json(path: str, obj) -> str:
   return path
 
 
-def run_info(config) -> dict:
+def versions() -> dict:
+  """Library versions, backend and machine: what a result depends on besides config and seed."""
   import flax
+  import jaxlib
   import optax
-  return {'seed': config.get('seed', 0), 'jax': jax.__version__, 'flax': flax.__version__,
-          'optax': optax.__version__, 'backend': jax.default_backend(), 'devices': jax.device_count(),
+  import orbax.checkpoint as ocp
+  return {'python': platform.python_version(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+          'flax': flax.__version__, 'optax': optax.__version__, 'orbax_checkpoint': ocp.__version__,
+          'numpy': np.__version__, 'backend': jax.default_backend(), 'devices': jax.device_count(),
           'machine': platform.machine(), 'processor': platform.processor() or platform.machine(),
           'cpus': os.cpu_count()}
+
+
+def run_info(config) -> dict:
+  """The seed and `versions()`: recorded in every results file."""
+  return {'seed': config.get('seed', 0), **versions()}
 
 
 def make_sampler(b: build_lib.Built, config) -> Sampler:
@@ -131,10 +141,12 @@ def _run_steps(config, workdir: str, name: str, b, state, shard, step_fn, meta: 
                      f'batch is split over (mesh {dict(b.mesh.shape)}); change data.batch_size or mesh.shape')
   ckpt = Checkpointer(workdir, keep=config.checkpoint.keep, save_every=config.checkpoint.every)
   batches = LMBatches(config, b.tokenizer, b.cfg.vocab_size)
+  guard = NonFiniteGuard.from_config(config)
   start = 0
   if ckpt.latest_step() is not None:
     state, _, extra = ckpt.restore(abstract_like(state, shard))
     batches.restore((extra or {}).get('data'))
+    guard.skipped.update((extra or {}).get('nonfinite_skips', {}))
     start = int(state['step'])
     logging.info('resumed from step %d in %s', start, workdir)
     print(f'resuming from step {start} in {workdir}')
@@ -143,26 +155,36 @@ def _run_steps(config, workdir: str, name: str, b, state, shard, step_fn, meta: 
   t0 = time.perf_counter()
   steps = config.train.steps
   bar = progress(range(start, steps), desc=name)
+  pending = []   # (step, loss, grad_norm) on device since the last check: no host sync per step
+
+  def check():   # every step's loss and gradient norm, before anything is logged or checkpointed
+    for s, loss, gn in jax.device_get(pending):
+      guard.check(name, s, {'loss': loss, 'grad_norm': gn})
+    pending.clear()
+
   for step in bar:
     host = batches(step)
     batch = jax.make_array_from_process_local_data(batch_sh, host) if jax.process_count() > 1 \
         else jax.device_put(host, batch_sh)
     state, m = step_fn(state, batch)
+    pending.append((step + 1, m['loss'], m['grad_norm']))
     if on_metrics is not None:
       on_metrics(step + 1, m)
     if (step + 1) % config.log_every == 0 or step + 1 == steps:
+      check()
       m = {k: float(v) for k, v in jax.device_get(m).items() if np.ndim(v) == 0}
-      if not np.isfinite(m['loss']):
-        raise FloatingPointError(f'{name}: non-finite loss {m["loss"]} at step {step + 1}')
       log.write_scalars(step + 1, m)
       history.append({'step': step + 1, **m})
       bar.set_metrics({'loss': m['loss']})
     if (step + 1) % config.checkpoint.every == 0 or step + 1 == steps:
-      ckpt.save(step + 1, state, meta, extra={'data': batches.state()}, force=True)
+      check()
+      ckpt.save(step + 1, state, meta, force=True,
+                extra={'data': batches.state(), 'nonfinite_skips': dict(guard.skipped)})
   ckpt.wait()
   ckpt.close()
   log.close()
   res = {'job': name, 'steps': steps, 'start_step': start, 'history': history,
+         'nonfinite_skips': dict(guard.skipped),
          'seconds': time.perf_counter() - t0, **run_info(config)}
   if history:
     print(f"step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")
@@ -178,7 +200,8 @@ def lm(config, workdir: str) -> dict:
   shard = train.state_shardings(state, b.shardings, b.mesh)
   state = jax.device_put(state, shard)
   step_fn = train.make_train_step(b.model, tx, shard, sharding.batch_sharding(b.mesh, b.rules),
-                                  labels=train.optimizer_labels(config.optim, b.params))
+                                  labels=train.optimizer_labels(config.optim, b.params),
+                                  skip_nonfinite=NonFiniteGuard.from_config(config).skip)
   meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
   _, res = _run_steps(config, workdir, 'lm', b, state, shard, step_fn, meta)
   write_json(os.path.join(workdir, 'results.json'), res)
@@ -207,7 +230,8 @@ def wake(config, workdir: str) -> dict:
   state = wake_lib.init_wake_state(b.params, b.cms, wcfg)
   shard = wake_lib.wake_state_shardings(state, b.shardings, b.mesh)
   state = jax.device_put(state, shard)
-  step_fn = wake_lib.make_wake_step(b.model, wcfg, shard, sharding.batch_sharding(b.mesh, b.rules))
+  step_fn = wake_lib.make_wake_step(b.model, wcfg, shard, sharding.batch_sharding(b.mesh, b.rules),
+                                    skip_nonfinite=NonFiniteGuard.from_config(config).skip)
   meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'wake': dataclasses.asdict(wcfg),
           'lineage': []}
   triggers = []
@@ -290,7 +314,8 @@ def sleep(config, workdir: str) -> dict:
          'before': before, 'after': after, 'sleeps': sleeps,
          'ks_steps': [e for e in events if e.get('event') == 'ks_step'],
          'dream_rounds': [e for e in events if e.get('event') == 'dream_round'],
-         'ks': dict(config.sleep.ks), 'seconds': time.perf_counter() - t_start, **run_info(config)}
+         'ks': dict(config.sleep.ks), 'nonfinite_skips': dict(cyc.guard.skipped),
+         'seconds': time.perf_counter() - t_start, **run_info(config)}
   write_json(os.path.join(workdir, 'results.json'), res)
   lines = ['| model | answer recall % | exact match % | token F1 % | questions |', '|---|---:|---:|---:|---:|']
   if before['no_context']:
@@ -314,6 +339,76 @@ def sleep(config, workdir: str) -> dict:
 
 
 JOBS = {'chat': chat, 'lm': lm, 'wake': wake, 'sleep': sleep}
+
+
+def validate(config) -> None:
+  """Check every value a job reads for range and consistency before anything is built or written; raises one
+  ValueError listing each problem with its config key (unknown keys and wrong types are refused earlier, by
+  the locked ml_collections config)."""
+  problems = []
+
+  def need(ok, msg):
+    if not ok:
+      problems.append(msg)
+
+  def run(fn):   # the validators the jobs themselves construct
+    try:
+      fn()
+    except (ValueError, TypeError) as e:
+      problems.append(str(e))
+
+  c = config
+  need(c.job in JOBS, f'job={c.job!r} is not one of {sorted(JOBS)}')
+  need(c.seed >= 0, f'seed={c.seed} must be >= 0')
+  need(c.log_every >= 1, f'log_every={c.log_every} must be >= 1')
+  build_lib.check_source(c.model, problems)
+  if c.model.source == 'random':
+    run(lambda: build_lib.model_config_from(c.model))
+  ck = c.checkpoint
+  need(ck.every >= 1, f'checkpoint.every={ck.every} must be >= 1')
+  need(ck.keep is None or ck.keep >= 1, f'checkpoint.keep={ck.keep} must be >= 1 (or None: keep all)')
+  need(ck.sleep_every >= 0, f'checkpoint.sleep_every={ck.sleep_every} must be >= 0 (0: no saves inside a sleep)')
+  s = c.sampling
+  need(s.temperature >= 0, f'sampling.temperature={s.temperature} must be >= 0 (0: greedy)')
+  need(s.top_k >= 0, f'sampling.top_k={s.top_k} must be >= 0 (0: off)')
+  need(0 < s.top_p <= 1, f'sampling.top_p={s.top_p} must be in (0, 1]')
+  need(s.max_new_tokens >= 1, f'sampling.max_new_tokens={s.max_new_tokens} must be >= 1')
+  for k in ('prompt_buckets', 'gen_buckets'):
+    b = tuple(s[k])
+    need(b and all(x >= 1 for x in b) and list(b) == sorted(set(b)),
+         f'sampling.{k}={b} must be increasing positive lengths')
+  run(lambda: NonFiniteGuard.from_config(c))
+  if 'train' in c:
+    need(c.train.steps >= 0, f'train.steps={c.train.steps} must be >= 0')
+  if 'data' in c:
+    need(c.data.batch_size >= 1 and c.data.seq_len >= 1,
+         f'data.batch_size={c.data.batch_size} and data.seq_len={c.data.seq_len} must be >= 1')
+  if 'wake' in c:
+    w = c.wake
+    if tuple(w.level_of_layer):
+      run(lambda: wake_config(c, None))
+    else:
+      need(w.n_levels >= 1, f'wake.n_levels={w.n_levels} must be >= 1')
+      need(w.base_period >= 1 and w.factor >= 2,
+           f'wake.base_period={w.base_period} must be >= 1 and wake.factor={w.factor} >= 2 (periods C^(l) = '
+           'base_period * factor^l, each dividing the next)')
+      need(w.lr >= 0 and all(x >= 0 for x in w.lrs), f'wake.lr={w.lr} and wake.lrs={tuple(w.lrs)} must be >= 0')
+  if 'cycle' in c:
+    need(c.cycle.docs_per_sleep >= 1, f'cycle.docs_per_sleep={c.cycle.docs_per_sleep} must be >= 1')
+    need(c.cycle.seq_len >= 1, f'cycle.seq_len={c.cycle.seq_len} must be >= 1')
+  if 'sleep' in c:
+    from sleep_jax.phases import consolidate as ks
+    from sleep_jax.phases import dream as dream_lib
+    run(lambda: ks.KSConfig.from_config(c.sleep.ks))
+    if 'dream' in c.sleep:
+      run(lambda: dream_lib.DreamConfig.from_config(c.sleep.dream))
+    need(c.sleep.max_probe_regression >= 0,
+         f'sleep.max_probe_regression={c.sleep.max_probe_regression} must be >= 0')
+    if 'wake' in c and not tuple(c.wake.level_of_layer):
+      need(0 <= c.sleep.receiver_level < c.wake.n_levels,
+           f'sleep.receiver_level={c.sleep.receiver_level} must name a CMS level (0..{c.wake.n_levels - 1})')
+  if problems:
+    raise ValueError('bad config:\n  - ' + '\n  - '.join(dict.fromkeys(problems)))
 
 
 def run(config, workdir: str) -> dict:

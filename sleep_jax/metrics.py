@@ -7,6 +7,7 @@ keep the last line per step (`read_jsonl`). Python's json writes non-finite floa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, Iterable, Mapping
@@ -44,6 +45,31 @@ def _flat(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def _drop_torn_tail(path: str) -> None:
+  """A process killed mid-write leaves a last line without its newline: cut it off before appending, so the
+  resumed run's first row is not glued onto it (the resumed run logs that step again)."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb+') as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b'\n':
+      return
+    pos = size
+    while pos > 0:                      # scan back for the last complete line
+      step = min(pos, 1 << 16)
+      f.seek(pos - step)
+      i = f.read(step).rfind(b'\n')
+      if i >= 0:
+        pos = pos - step + i + 1
+        break
+      pos -= step
+    f.truncate(pos)
+  logging.warning('%s: dropped a torn last line (%d bytes) left by an interrupted run', path, size - pos)
+
+
 class JsonlWriter(metric_writers.MetricWriter):
   """Appends scalars to `<workdir>/metrics.jsonl`; hparams go to `<workdir>/hparams.json`; the rest is ignored."""
 
@@ -51,6 +77,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     self.workdir = epath.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / JSONL
+    _drop_torn_tail(os.fspath(self.path))
     self._f = open(os.fspath(self.path), 'a', encoding='utf-8')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
@@ -91,7 +118,14 @@ class JsonlWriter(metric_writers.MetricWriter):
 def read_jsonl(workdir, dedupe: bool = True) -> list[dict]:
   """Rows of `metrics.jsonl`; with dedupe, the last row per step (a resumed run's), sorted by step."""
   path = epath.Path(workdir) / JSONL
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  text = path.read_text()
+  lines = [line for line in text.splitlines() if line.strip()]
+  if lines and not text.endswith('\n'):   # a torn last line of a run killed mid-write: not a row yet
+    try:
+      json.loads(lines[-1])
+    except json.JSONDecodeError:
+      lines.pop()
+  rows = [json.loads(line) for line in lines]
   if not dedupe:
     return rows
   return sorted({r['step']: r for r in rows}.values(), key=lambda r: r['step'])

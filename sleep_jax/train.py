@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from sleep_jax import losses, sharding
+from sleep_jax import guard, losses, sharding
 from sleep_jax.models.cms import variables
 from sleep_jax.models.llama import causal_mask
 
@@ -120,16 +120,22 @@ def lm_loss(model: nn.Module, params, batch, cms=None):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, shardings: Any, batch_sh,
-                    loss_fn: Callable = lm_loss, labels=None):
+                    loss_fn: Callable = lm_loss, labels=None, skip_nonfinite: bool = False):
   """Jitted `step(state, batch) -> (state, metrics)` with the state donated. `labels`
-  (`optimizer_labels(cfg, params)`): differentiate only the trained leaves; 'grad_norm' is over those."""
+  (`optimizer_labels(cfg, params)`): differentiate only the trained leaves; 'grad_norm' is over those.
+  `skip_nonfinite`: a step with a non-finite loss or gradient keeps params and optimizer state (the step
+  counter still advances: it counts batches read); metrics 'finite' says which (sleep_jax/guard.py)."""
 
   def step(state, batch):
     (loss, metrics), grads = trainable_value_and_grad(lambda p: loss_fn(model, p, batch, state.get('cms')),
                                                       state['params'], labels)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    ok = guard.finite(loss, grad_norm)
+    if skip_nonfinite:
+      params, opt_state = guard.keep_if(ok, (params, opt_state), (state['params'], state['opt_state']))
+    metrics = dict(metrics, grad_norm=grad_norm, finite=ok)
     return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), metrics
 
   rep = sharding.replicated(batch_sh.mesh)

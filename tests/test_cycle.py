@@ -86,6 +86,106 @@ def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch,
   assert rates(events) == rates(ref.log_lines) and len(rates(events)) == (2 if stage == 'dream' else 0)
 
 
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_position(tmp_path, monkeypatch):
+  """Killed after the second saved Knowledge Seeding update, with that newest checkpoint then damaged: the rerun
+  restores the previous step (the first saved update) with that step's own cycle position, and finishes with
+  exactly the parameters of an uninterrupted run."""
+  import os
+  c = _config(steps=4)
+  docs = jobs.load_docs(c)
+  ref, _ = _cycle(c, tmp_path / 'ref')
+  ref.run(docs)
+  save = cycle_lib.Cycle._save
+
+  def save_then_die(self, pos, ks_state=None, dream_state=None):
+    save(self, pos, ks_state, dream_state)
+    if pos.get('ks_step') == 2:
+      raise _Killed()
+
+  monkeypatch.setattr(cycle_lib.Cycle, '_save', save_then_die)
+  first, _ = _cycle(c, tmp_path / 'cut')
+  with pytest.raises(_Killed):
+    first.run(docs)
+  ckpts = tmp_path / 'cut' / 'checkpoints'
+  newest = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  for root, _, files in os.walk(ckpts / str(newest) / 'state'):     # garble the array store's index
+    for f in files:
+      if f == 'manifest.ocdbt':
+        with open(os.path.join(root, f), 'r+b') as fh:
+          fh.write(b'garbage!' * 4)
+  monkeypatch.setattr(cycle_lib.Cycle, '_save', save)
+  second, _ = _cycle(c, tmp_path / 'cut')
+  second.run(docs)
+  assert os.listdir(ckpts / '_incomplete')                            # the damaged step was set aside
+  a, b = _flat(ref.state['params']), _flat(second.state['params'])
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _poison_doc(monkeypatch, index):
+  """The wake batch of document `index` gets NaN weights: a NaN loss and NaN gradients."""
+  real = cycle_lib.doc_batch
+  seen = []
+
+  def doc_batch(tok, doc, seq_len, rows):
+    b = real(tok, doc, seq_len, rows)
+    seen.append(doc['id'])
+    return dict(b, weights=np.full_like(b['weights'], np.nan)) if len(seen) == index + 1 else b
+  monkeypatch.setattr(cycle_lib, 'doc_batch', doc_batch)
+
+
+def test_nan_in_wake_stops_naming_phase_step_and_quantity(tmp_path, monkeypatch):
+  from sleep_jax.guard import NonFiniteError
+  c = _config(steps=2)
+  _poison_doc(monkeypatch, 1)
+  cyc, _ = _cycle(c, tmp_path)
+  with pytest.raises(NonFiniteError, match=r"^wake: non-finite loss=nan, grad_norm=nan at step 2 \(document 1, "):
+    cyc.run(jobs.load_docs(c))
+  assert cyc.rt.ckpt.latest_step() == 1                                # the state after document 0, intact
+
+
+def test_nan_skipped_in_wake_and_in_knowledge_seeding_rewards(tmp_path, monkeypatch):
+  from sleep_jax import rewards
+  c = _config(steps=2, gamma=0.0, alpha=0.5)
+  with c.unlocked():
+    c.guard.nonfinite = 'skip'
+  _poison_doc(monkeypatch, 0)
+  monkeypatch.setattr(rewards, 'lti_reward', lambda r_sem, r_abs, gamma: np.full_like(r_abs, np.nan))
+  cyc, b = _cycle(c, tmp_path)
+  before = _flat(b.params)
+  events = cyc.run(jobs.load_docs(c))
+  assert dict(cyc.guard.skipped) == {'wake': 1, 'sleep/knowledge-seeding': 2}
+  ks = [e for e in events if e.get('event') == 'ks_step']
+  assert [e['skipped'] for e in ks] == [1.0, 1.0]
+  after = _flat(cyc.state['params'])
+  for k in before:    # every KS batch was skipped: the new expert is as activated (B = 0), nothing trained
+    if k == 'layers_0/mlp/expert_b':
+      assert not after[k][0].any() and np.array_equal(after[k][1:], before[k][1:])
+    else:
+      np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+  assert int(cyc.state['step']) == 2
+
+
+def test_wake_step_skips_a_non_finite_batch_inside_the_jit(devices8):
+  from sleep_jax.phases import wake as wake_lib
+  cfg, model = helpers.tiny_model()
+  params = helpers.random_params(model)
+  wcfg = wake_lib.WakeConfig(level_of_layer=(0, 1), periods=(1, 2), lrs=(0.1, 0.1))
+  step = wake_lib.make_wake_step(model, wcfg, skip_nonfinite=True)
+  ids = np.arange(16, dtype=np.int32).reshape(2, 8) % 200
+  good = {'inputs': ids, 'targets': ids, 'weights': np.ones((2, 8), np.float32)}
+  s0 = wake_lib.init_wake_state(params, {}, wcfg)
+  s1, m1 = step(jax.tree.map(np.asarray, s0), good)
+  ref = jax.tree.map(np.asarray, s1)
+  s2, m2 = step(s1, dict(good, weights=np.full((2, 8), np.nan, np.float32)))
+  assert bool(m1['finite']) and not bool(m2['finite']) and not np.asarray(m2['boundary']).any()
+  assert int(s2['step']) == 2                                         # the batch was read, and dropped
+  for k, v in _flat(ref['params']).items():
+    np.testing.assert_array_equal(v, _flat(s2['params'])[k], err_msg=k)
+  for a, b in zip(jax.tree.leaves((ref['acc'], ref['opt_state'])), jax.tree.leaves((s2['acc'], s2['opt_state']))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_dreaming_that_hurts_retention_is_dropped_but_consolidation_kept(tmp_path):
   c = _config(dream=True, steps=2)
   cyc, _ = _cycle(c, tmp_path)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sleep_jax import guard as guard_lib
 from sleep_jax import losses, rewards
 from sleep_jax.models import cms as cms_lib
 from sleep_jax.models.cms import variables
@@ -226,15 +227,20 @@ def ks_loss(delta, frozen, batch, *, model, kcfg: KSConfig, view: View):
   return loss, metrics
 
 
-def make_update(model, kcfg: KSConfig, view: View, tx, batch_sharding=None) -> Callable:
-  """Jitted pure `update(state, frozen, batch) -> (state, metrics)`; the (small) state is donated."""
+def make_update(model, kcfg: KSConfig, view: View, tx, batch_sharding=None, skip_nonfinite: bool = False) -> Callable:
+  """Jitted pure `update(state, frozen, batch) -> (state, metrics)`; the (small) state is donated.
+  `skip_nonfinite`: a non-finite loss or gradient leaves delta and moments unchanged (guard.py)."""
 
   def update(state, frozen, batch):
     (loss, metrics), grads = jax.value_and_grad(
         functools.partial(ks_loss, model=model, kcfg=kcfg, view=view), has_aux=True)(state['delta'], frozen, batch)
     updates, opt_state = tx.update(grads, state['opt_state'], state['delta'])
     delta = optax.apply_updates(state['delta'], updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    if skip_nonfinite:
+      delta, opt_state = guard_lib.keep_if(guard_lib.finite(loss, grad_norm), (delta, opt_state),
+                                           (state['delta'], state['opt_state']))
+    metrics = dict(metrics, grad_norm=grad_norm)
     return {'step': state['step'] + 1, 'delta': delta, 'opt_state': opt_state}, metrics
 
   return jax.jit(update, donate_argnums=0)
@@ -293,9 +299,10 @@ class Seeder:
   """
 
   def __init__(self, model, kcfg: KSConfig, tokenizer, sampler, *, judge=None, batch_multiple: int = 1,
-               batch_sharding=None):
+               batch_sharding=None, guard: guard_lib.NonFiniteGuard | None = None):
     self.model, self.kcfg, self.tok, self.sampler, self.judge = model, kcfg, tokenizer, sampler, judge
     self.batch_multiple, self.batch_sharding = batch_multiple, batch_sharding
+    self.guard = guard or guard_lib.NonFiniteGuard()
     if kcfg.gamma > 0 and kcfg.alpha < 1 and judge is None:
       raise ValueError('sleep.ks.gamma > 0 needs a judge model for r_sem (rewards.Judge); set gamma=0 to use r_abs only')
     self.tx = make_optimizer(kcfg)
@@ -303,7 +310,7 @@ class Seeder:
 
   def update_fn(self, view: View):
     if view not in self._updates:
-      self._updates[view] = make_update(self.model, self.kcfg, view, self.tx)
+      self._updates[view] = make_update(self.model, self.kcfg, view, self.tx, skip_nonfinite=self.guard.skip)
     return self._updates[view]
 
   @property
@@ -409,14 +416,17 @@ class Seeder:
         sh = self.batch_sharding
         row_sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec(sh.spec[0]))
         batch = jax.device_put(batch, jax.tree.map(lambda _: row_sh, batch))
-      state, m = update(state, frozen, batch)
-      m = {key: float(v) for key, v in jax.device_get(m).items()}
+      phase = 'sleep/knowledge-seeding'
+      if self.guard.check(phase, s + 1, {k: v for k, v in info.items() if k.startswith('r')}):
+        state, m = update(state, frozen, batch)
+        m = {key: float(v) for key, v in jax.device_get(m).items()}
+        m['skipped'] = float(not self.guard.check(phase, s + 1, m))
+      else:                 # a non-finite reward: no update from this batch
+        state, m = dict(state, step=state['step'] + 1), {'skipped': 1.0}
       t3 = time.perf_counter()
-      if not all(np.isfinite(v) for v in m.values()):
-        raise FloatingPointError(f'sleep/knowledge-seeding: non-finite metrics {m} at step {s + 1}')
       m.update(info, step=s + 1, sample_s=t2 - t1, update_s=t3 - t2)
       history.append(m)
-      bar.set_metrics({'loss': m['loss'], **({'reward': m['reward']} if 'reward' in m else {})})
+      bar.set_metrics({k: m[k] for k in ('loss', 'reward') if k in m})
       if on_step is not None:
         on_step(s + 1, state, m)
     if history:

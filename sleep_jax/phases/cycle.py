@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleep_jax import evals, sharding
+from sleep_jax import evals, faults, sharding
+from sleep_jax.guard import NonFiniteGuard
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.phases import dream as dream_lib
 from sleep_jax.phases import wake as wake_lib
@@ -167,17 +168,19 @@ class Cycle:
     batch_sh = sharding.batch_sharding(b.mesh, b.rules)
     n_shards = max(1, int(np.prod([b.mesh.shape[a] for a in ('data', 'fsdp') if a in b.mesh.shape])))
     sampler = jobs.make_sampler(b, config)
+    self.guard = NonFiniteGuard.from_config(config)
     judge = Judge(b.model, b.tokenizer, prompt_buckets=config.sampling.prompt_buckets) \
         if kcfg.gamma > 0 and kcfg.alpha < 1 else None
     seeder = ks.Seeder(b.model, kcfg, b.tokenizer, sampler, judge=judge, batch_multiple=n_shards,
-                       batch_sharding=batch_sh)
+                       batch_sharding=batch_sh, guard=self.guard)
     probe = evals.Probe(b.model, b.tokenizer, probe_texts, seq_len=config.sleep.probe_seq_len,
                         n_rows=max(config.sleep.probe_rows, n_shards))
     self.dcfg = dream_lib.DreamConfig.from_config(config.sleep.dream) if 'dream' in config.sleep \
         else dream_lib.DreamConfig()
     dreamer = dream_lib.Dreamer(b.model, self.dcfg, b.tokenizer, sampler, batch_multiple=n_shards,
-                                batch_sharding=batch_sh) if self.dcfg.enabled else None
-    self.rt = Runtime(b, wcfg, kcfg, wake_lib.make_wake_step(b.model, wcfg, shard, batch_sh), shard, batch_sh,
+                                batch_sharding=batch_sh, guard=self.guard) if self.dcfg.enabled else None
+    step_fn = wake_lib.make_wake_step(b.model, wcfg, shard, batch_sh, skip_nonfinite=self.guard.skip)
+    self.rt = Runtime(b, wcfg, kcfg, step_fn, shard, batch_sh,
                       sampler, seeder, dreamer, probe, Checkpointer(workdir, keep=config.checkpoint.keep), n_shards)
     self.state = jax.device_put(state, shard)
     self.log_lines: list[dict] = []
@@ -196,25 +199,33 @@ class Cycle:
       tree['ks'] = ks_state
     if dream_state is not None:
       tree['dream'] = dream_state
-    self.rt.ckpt.save(n, tree, self._meta(pos), extra={'events': self.log_lines}, force=True)
+    self.rt.ckpt.save(n, tree, self._meta(pos), force=True,
+                      extra={'events': self.log_lines, 'nonfinite_skips': dict(self.guard.skipped)})
 
   def _restore(self):
-    """(position, restored tree: 'ks' / 'dream' sleep states when saved mid-sleep) from the newest checkpoint,
-    or None for a fresh run."""
+    """(position, restored tree: 'ks' / 'dream' sleep states when saved mid-sleep) from the newest readable
+    checkpoint, or None for a fresh run. The target is built from the meta of the step being restored, so a
+    fallback to an older step (the newest damaged) resumes at that step's own position."""
     if self.rt.ckpt.latest_step() is None:
       return None
     from sleep_jax.checkpoint import abstract_like
-    meta = self.rt.ckpt.restore_meta()
-    pos = meta['cycle']
-    target = {'wake': abstract_like(self.state, self.rt.shard)}
-    if pos['phase'] == 'sleep' and pos.get('ks_step', 0) > 0:
-      target['ks'] = self._sleep_target(pos, lambda p, i, v: ks.state_tree(p, i, v, self.rt.seeder.tx))
-    if pos['phase'] == 'sleep' and pos.get('stage') == 'dream':
-      target['dream'] = self._sleep_target(
-          pos, lambda p, i, v: dict(self.rt.dreamer.state_tree(p, i, v), round=jnp.zeros((), jnp.int32)))
+
+    def target(meta):
+      pos = meta['cycle']
+      t = {'wake': abstract_like(self.state, self.rt.shard)}
+      if pos['phase'] == 'sleep' and pos.get('ks_step', 0) > 0:
+        t['ks'] = self._sleep_target(pos, lambda p, i, v: ks.state_tree(p, i, v, self.rt.seeder.tx))
+      if pos['phase'] == 'sleep' and pos.get('stage') == 'dream':
+        t['dream'] = self._sleep_target(
+            pos, lambda p, i, v: dict(self.rt.dreamer.state_tree(p, i, v), round=jnp.zeros((), jnp.int32)))
+      return t
+
     tree, meta, extra = self.rt.ckpt.restore(target)
+    pos = meta['cycle']
     self.state = tree['wake']
     self.log_lines = list((extra or {}).get('events', []))
+    self.guard.skipped.clear()
+    self.guard.skipped.update((extra or {}).get('nonfinite_skips', {}))
     where = ''
     if pos['phase'] == 'sleep':
       where = (f", dreaming round {pos['dream_round']}" if pos.get('stage') == 'dream'
@@ -265,6 +276,7 @@ class Cycle:
       self.log_lines.append({'event': 'ks_step', 'sleep': pos['sleep'], **m})
       if self.mlog is not None:
         self.mlog.write_scalars(self._ks_count + step, {f'sleep/{k}': v for k, v in m.items() if k != 'step'})
+      faults.point('ks_step')
       if c.checkpoint.sleep_every and step % c.checkpoint.sleep_every == 0 and step < rt.kcfg.steps:
         pos['save_id'] += 1
         self._save(dict(pos, phase='sleep', ks_step=step), st)
@@ -295,7 +307,9 @@ class Cycle:
       d_state = settle(d_params)
       d_probe = rt.probe(d_state['params'], d_state['cms'])
       d_rise = (d_probe - probe_before) / probe_before
-      event.update(dream_history=d_hist, dream_reward_rate=[h['reward_rate'] for h in d_hist],
+      rates = [e['reward_rate'] for e in self.log_lines   # every round, also those before a resume
+               if e.get('event') == 'dream_round' and e['sleep'] == pos['sleep']]
+      event.update(dream_history=d_hist, dream_reward_rate=rates,
                    probe_nll_after_ks=probe_after, dream_committed=bool(d_rise <= c.sleep.max_probe_regression))
       if event['dream_committed']:
         new_state, event['probe_nll_after'], event['probe_rise'] = d_state, d_probe, d_rise
@@ -336,6 +350,7 @@ class Cycle:
       if self.mlog is not None:
         n = sum(e.get('event') == 'dream_round' for e in self.log_lines)
         self.mlog.write_scalars(n, {'dream/reward_rate': h['reward_rate']})
+      faults.point('dream_round')
       if r < self.dcfg.rounds:
         pos['save_id'] += 1
         self._save(dict(pos, phase='sleep', stage='dream', ks_step=rt.kcfg.steps, dream_round=r), ks_state, dst)
@@ -379,8 +394,9 @@ class Cycle:
       batch = jax.device_put(doc_batch(rt.b.tokenizer, doc, c.cycle.seq_len, rt.rows), rt.batch_sh)
       self.state, m = rt.step_fn(self.state, batch, hold)
       loss = float(m['loss'])
-      if not np.isfinite(loss):
-        raise FloatingPointError(f'wake: non-finite loss {loss} at document {i} ({doc["id"]})')
+      self.guard.check('wake', f'{step_no} (document {i}, {doc["id"]})',
+                       {'loss': loss, 'grad_norm': m['grad_norm']})
+      faults.point('wake_step')
       mlog.write_scalars(step_no, {'wake/loss': loss})
       bar.set_metrics({'loss': loss})
       pos['buffer'].append(doc['id'])

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sleep_jax import guard as guard_lib
 from sleep_jax import losses
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.sampling import bucket, left_pad
@@ -251,8 +252,9 @@ def inner_vmapped(delta0, frozen, rows_K, probe, *, model, view, tx, steps: int)
   return tau_K, tau0, loss_KS
 
 
-def mstep_update(state, frozen, rows, *, model, view, tx, gw: float, mw: float):
-  """One ReST-EM M-step update of `delta` on reward-weighted dream rows (generator and memory formats)."""
+def mstep_update(state, frozen, rows, *, model, view, tx, gw: float, mw: float, skip_nonfinite: bool = False):
+  """One ReST-EM M-step update of `delta` on reward-weighted dream rows (generator and memory formats).
+  `skip_nonfinite`: a non-finite loss or gradient leaves delta and moments unchanged (guard.py)."""
   def loss(delta):
     l = jnp.zeros((), jnp.float32)
     if gw:
@@ -262,7 +264,11 @@ def mstep_update(state, frozen, rows, *, model, view, tx, gw: float, mw: float):
     return l
   l, g = jax.value_and_grad(loss)(state['delta'])
   u, opt = tx.update(g, state['opt_state'], state['delta'])
-  return {'step': state['step'] + 1, 'delta': optax.apply_updates(state['delta'], u), 'opt_state': opt}, l
+  delta = optax.apply_updates(state['delta'], u)
+  g_norm = optax.tree.norm(g)
+  if skip_nonfinite:
+    delta, opt = guard_lib.keep_if(guard_lib.finite(l, g_norm), (delta, opt), (state['delta'], state['opt_state']))
+  return {'step': state['step'] + 1, 'delta': delta, 'opt_state': opt}, {'loss': l, 'grad_norm': g_norm}
 
 
 @jax.jit
@@ -300,8 +306,9 @@ class Dreamer:
   """
 
   def __init__(self, model, dcfg: DreamConfig, tokenizer, sampler, *, batch_multiple: int = 1,
-               batch_sharding=None):
+               batch_sharding=None, guard: guard_lib.NonFiniteGuard | None = None):
     self.model, self.dcfg, self.tok, self.sampler = model, dcfg, tokenizer, sampler
+    self.guard = guard or guard_lib.NonFiniteGuard()
     self.batch_multiple, self.batch_sharding = batch_multiple, batch_sharding
     self.tx, self.inner_tx = make_optimizer(dcfg), inner_optimizer(dcfg)
     self._fns = {}
@@ -322,7 +329,8 @@ class Dreamer:
           'inner_one': jax.jit(functools.partial(inner_one, tx=self.inner_tx, steps=d.inner_steps, **kw)),
           'tau': jax.jit(functools.partial(nll, **kw)),
           'mstep': jax.jit(functools.partial(mstep_update, tx=self.tx, gw=d.generator_weight,
-                                             mw=d.memory_weight, **kw), donate_argnums=0),
+                                             mw=d.memory_weight, skip_nonfinite=self.guard.skip, **kw),
+                             donate_argnums=0),
           'merge': ks._merge_jit(view)}   # the one jitted merge Knowledge Seeding also uses: one compilation
     return self._fns[view]
 
@@ -411,6 +419,9 @@ class Dreamer:
     kr = self._put(jax.tree.map(lambda x: x[:, None], kr_host))
     tau_K, tau0, loss_KS = f['inner'](state['delta'], frozen, kr, probe)
     tau_K, tau0 = np.asarray(tau_K)[:len(kept)], float(tau0)
+    phase, where = 'sleep/dreaming', f'{int(state["step"])} M-steps done (context {task.name!r})'
+    # A dream whose isolated fine-tune is not finite is not rewarded (NaN < x is False) when skipping.
+    self.guard.check(phase, where, {'probe NLL tau_orig': tau0, 'probe NLL of the fine-tuned copies': tau_K})
     reward = (tau_K < tau0 - d.reward_margin).astype(np.float32)
     t3 = time.perf_counter()
     m_loss = []
@@ -418,13 +429,13 @@ class Dreamer:
       row_w = np.zeros((K, 1), np.float32)
       row_w[:len(kept), 0] = reward
       mr = self._put(dict(kr_host, weights=kr_host['weights'] * row_w))   # the same rows, reward-weighted
-      for _ in range(d.mstep_steps):
-        state, l = f['mstep'](state, frozen, mr)
-        m_loss.append(float(l))
+      for j in range(d.mstep_steps):
+        state, m = f['mstep'](state, frozen, mr)
+        m = {k: float(v) for k, v in m.items()}
+        self.guard.check(phase, f'M-step {j + 1} of {where}', {'M-step loss': m['loss'],
+                                                                'M-step grad_norm': m['grad_norm']})
+        m_loss.append(m['loss'])
     t4 = time.perf_counter()
-    if not (np.isfinite(tau0) and np.all(np.isfinite(tau_K)) and np.all(np.isfinite(m_loss))):
-      raise FloatingPointError(f'sleep/dreaming: non-finite tau {tau0} / {tau_K} or M-step loss {m_loss} '
-                               f'on context {task.name!r}')
     info.update(reward_rate=float(reward.mean()), rewards=reward.tolist(), tau_orig=tau0, tau_copies=tau_K.tolist(),
                 inner_loss=np.asarray(loss_KS)[:len(kept)].tolist(), mstep_loss=m_loss,
                 gen_s=t1 - t0, select_s=t2 - t1, inner_s=t3 - t2, mstep_s=t4 - t3,
@@ -473,9 +484,11 @@ class Dreamer:
       ys, which = self.generate(params, cms, task, jax.random.fold_in(rng, t_i), random_expert=False)
       rows = self._put(self.dream_rows(task, ys, which, self._rows(len(ys))))
       rows_mem = dict(rows, t_tokens=rows['s_tokens'], t_valid=rows['s_valid'])   # memory format only
-      for _ in range(steps or d.mstep_steps * d.rounds):
-        state, l = f['mstep'](state, frozen, rows_mem)
-        hist.append(float(l))
+      for j in range(steps or d.mstep_steps * d.rounds):
+        state, m = f['mstep'](state, frozen, rows_mem)
+        m = {k: float(v) for k, v in m.items()}
+        self.guard.check('self-edit fine-tune', f'{j + 1} (context {task.name!r})', m)
+        hist.append(m['loss'])
     return self.commit(params, state, index, view), hist
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from sleep_jax import sharding, train
+from sleep_jax import guard, sharding, train
 
 Params = Any
 OPTIMIZERS = ('sgd', 'adamw')
@@ -228,7 +228,7 @@ class WakeStep:
 
 
 def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, batch_sharding=None,
-                   loss_fn: Callable = train.lm_loss) -> WakeStep:
+                   loss_fn: Callable = train.lm_loss, skip_nonfinite: bool = False) -> WakeStep:
   """Jitted pure `step(state, batch) -> (state, metrics)` with the state donated (PAPER Eq. 2).
 
   metrics: 'loss', 'tokens', 'grad_norm' (over trained leaves) and 'boundary' bool[n_levels]: which levels
@@ -276,9 +276,15 @@ def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, bat
       new_flat.update(traverse_util.flatten_dict(p))
       if g < wcfg.n_levels:
         boundary[g] = is_b
-    metrics = dict(metrics, boundary=jnp.stack(boundary), grad_norm=optax.tree.norm(grads))
-    new_state = {'step': n_done, 'params': traverse_util.unflatten_dict(new_flat), 'cms': state['cms'],
-                 'acc': acc, 'opt_state': opt_state}
+    grad_norm = optax.tree.norm(grads)
+    ok = guard.finite(metrics['loss'], grad_norm)
+    new_params = traverse_util.unflatten_dict(new_flat)
+    if skip_nonfinite:   # the bad batch is dropped: params, accumulators and moments as before (guard.py)
+      new_params, acc, opt_state = guard.keep_if(ok, (new_params, acc, opt_state),
+                                                 (params, list(state['acc']), list(state['opt_state'])))
+      boundary = [b & ok for b in boundary]
+    metrics = dict(metrics, boundary=jnp.stack(boundary), grad_norm=grad_norm, finite=ok)
+    new_state = {'step': n_done, 'params': new_params, 'cms': state['cms'], 'acc': acc, 'opt_state': opt_state}
     return new_state, metrics
 
   if state_shardings is None:

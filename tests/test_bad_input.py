@@ -1,0 +1,108 @@
+"""Bad input fails fast with a message naming the problem, and leaves nothing behind: config overrides (in process
+and on the command line), model files whose lengths or vocabulary do not add up."""
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from configs import sleep as sleep_config
+from experiments.benchmarks import fuzz
+from sleep_jax import jobs
+from sleep_jax.io import load_gguf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bad(**overrides):
+  c = sleep_config.get_config('smoke')
+  with c.unlocked():
+    for k, v in overrides.items():
+      *path, last = k.split('.')
+      node = c
+      for p in path:
+        node = node[p]
+      node[last] = v
+  return c
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'wake.base_period': -1}, r'wake.base_period=-1 must be >= 1'),
+    ({'wake.level_of_layer': (0, 1), 'wake.periods': (2, 3), 'wake.lrs': (0.1, 0.1)}, r'C\^\(0\)=2 must divide C\^\(1\)=3'),
+    ({'wake.level_of_layer': (0, 1), 'wake.periods': (1, -4), 'wake.lrs': (0.1, 0.1)}, r'wake.periods\[1\]=-4'),
+    ({'checkpoint.every': 0}, r'checkpoint.every=0 must be >= 1'),
+    ({'sampling.top_p': 0.0}, r'sampling.top_p=0.0 must be in \(0, 1\]'),
+    ({'sampling.gen_buckets': (16, 8)}, r'sampling.gen_buckets=\(16, 8\) must be increasing'),
+    ({'guard.nonfinite': 'ignore'}, r"guard.nonfinite='ignore' is not one of"),
+    ({'sleep.dream.top_k': 9}, r'top_k \+ n_random = 10 must be in \[1, n_dreams=4\]'),
+    ({'sleep.receiver_level': 5}, r'sleep.receiver_level=5 must name a CMS level'),
+    ({'model.source': 'gguf', 'model.path': '/nonexistent/m.gguf'}, r"model.path='/nonexistent/m.gguf' is not a file"),
+    ({'model.n_heads': 3}, r'model.n_heads=3 must be a multiple of model.n_kv_heads=2'),
+])
+def test_out_of_range_config_values_are_named(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    jobs.validate(_bad(**overrides))
+
+
+def test_every_shipped_config_validates():
+  import importlib
+  for name in ('sleep', 'lm', 'wake', 'chat'):
+    mod = importlib.import_module(f'configs.{name}')
+    for variant in ('', 'smoke'):
+      try:
+        c = mod.get_config(variant)
+      except ValueError:
+        continue   # a config without that variant
+      jobs.validate(c)
+
+
+def test_all_problems_are_listed_at_once():
+  with pytest.raises(ValueError) as e:
+    jobs.validate(_bad(**{'checkpoint.every': 0, 'sampling.temperature': -1.0}))
+  assert 'checkpoint.every=0' in str(e.value) and 'sampling.temperature=-1.0' in str(e.value)
+
+
+@pytest.mark.parametrize('flag,match', [
+    ('--config.wake.base_period=0', 'wake.base_period=0 must be >= 1'),
+    ('--config.no_such_key=1', 'no_such_key'),
+    ('--config.checkpoint.every=often', 'checkpoint.every'),
+])
+def test_cli_refuses_bad_overrides_before_writing_anything(tmp_path, flag, match):
+  workdir = tmp_path / 'run'
+  p = subprocess.run([sys.executable, '-m', 'experiments.main', '--config=configs/sleep.py:smoke',
+                      f'--workdir={workdir}', flag], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0 and match in p.stderr, p.stderr[-2000:]
+  assert 'Traceback' not in p.stderr, p.stderr[-2000:]
+  assert not workdir.exists()
+
+
+def _u64_at(data: bytes, at: int, v: int) -> bytes:
+  return data[:at] + struct.pack('<Q', v) + data[at + 8:]
+
+
+def test_gguf_lengths_are_bounded_by_the_file_size(tmp_path):
+  good = fuzz.write_gguf_seed(tmp_path / 'seed.gguf')
+  cases = {'count.gguf': (_u64_at(good, 16, 2**64 - 1), 'metadata entries / .* tensors cannot fit'),
+           'strlen.gguf': (_u64_at(good, 24, 2**40), 'metadata key #0 length 1099511627776 exceeds the bytes left')}
+  for name, (data, match) in cases.items():
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=f'{name}: corrupt or truncated GGUF: .*{match}'):
+      load_gguf(tmp_path / name)
+
+
+def test_tokenizer_that_does_not_belong_to_the_weights(tmp_path, monkeypatch):
+  from sleep_jax import build as build_lib
+  from sleep_jax.io import Tokenizer
+  path = tmp_path / 'm.gguf'
+  fuzz.write_gguf_seed(path)
+  real = Tokenizer.from_gguf
+
+  class Big:
+    vocab_size = 9
+  monkeypatch.setattr(Tokenizer, 'from_gguf', classmethod(lambda cls, p: Big()))
+  c = _bad(**{'model.source': 'gguf', 'model.path': str(path), 'model.n_experts': 0, 'model.expert_rank': 0})
+  with pytest.raises(ValueError, match="has 9 tokens but the model's vocabulary is 8"):
+    build_lib.build(c)
+  assert real(path).vocab_size == 8
