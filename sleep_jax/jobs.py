@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from sleep_jax import build as build_lib
-from sleep_jax import sharding, train
+from sleep_jax import faults, sharding, train
 from sleep_jax.guard import NonFiniteGuard
 from sleep_jax.sampling import Sampler
 
@@ -167,6 +167,7 @@ def _run_steps(config, workdir: str, name: str, b, state, shard, step_fn, meta: 
     batch = jax.make_array_from_process_local_data(batch_sh, host) if jax.process_count() > 1 \
         else jax.device_put(host, batch_sh)
     state, m = step_fn(state, batch)
+    faults.point('train_step')
     pending.append((step + 1, m['loss'], m['grad_norm']))
     if on_metrics is not None:
       on_metrics(step + 1, m)

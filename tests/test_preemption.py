@@ -19,9 +19,9 @@ import orbax.checkpoint as ocp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get('SLEEP_JAX_PREEMPT_SEED', '0'))
-# Passes through each crash point in one uninterrupted smoke run (2 wake steps, 2 KS updates, 2 dream rounds,
-# a checkpoint per wake step, per saved sleep update and per dream round but the last).
-PASSES = {'wake_step': 2, 'ks_step': 2, 'dream_round': 2, 'checkpoint_write': 6}
+# Passes through each crash point in one uninterrupted smoke run: 2 wake steps, 2 KS updates, 2 dream rounds, and
+# 5 checkpoints (after document 0, at the sleep's start, after KS update 1, after dream round 1, after the sleep).
+PASSES = {'wake_step': 2, 'ks_step': 2, 'dream_round': 2, 'checkpoint_write': 5}
 
 
 def _cmd(workdir):
@@ -103,6 +103,18 @@ def _assert_same_run(ref, got, why):
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=f'{why}: {k}')
 
 
+def _assert_committed_kept(ckpts, why, keep=2):
+  """Killed writing step p: p is a tmp dir without a commit marker, and the `keep` steps before it are all
+  committed (Orbax deletes the oldest only after its successor's commit)."""
+  names = os.listdir(ckpts)
+  partial = [int(n.split('.')[0]) for n in names if 'orbax-checkpoint-tmp' in n]
+  committed = sorted(int(n) for n in names
+                     if n.isdigit() and os.path.exists(os.path.join(ckpts, n, 'commit_success.txt')))
+  assert len(partial) == 1, f'{why}: expected one partial step, have {sorted(names)}'
+  p = partial[0]
+  assert committed == list(range(max(1, p - keep), p)), f'{why}: killed writing step {p}, committed {committed}'
+
+
 def test_sigkill_anywhere_then_rerun_is_bit_identical(tmp_path):
   cache = tmp_path / 'jax_cache'
   ref = tmp_path / 'ref'
@@ -115,6 +127,7 @@ def test_sigkill_anywhere_then_rerun_is_bit_identical(tmp_path):
   # One kill in each phase, at a drawn pass (counted from the start of the process being killed), then one
   # from outside at a drawn moment of a cached run's wall time; the same command after each.
   plan = [f'{p}:{rng.randint(1, PASSES[p])}' for p in ('wake_step', 'checkpoint_write', 'ks_step', 'dream_round')]
+  plan[1] = 'checkpoint_write:2'   # the 2nd write of the process after the wake kill: a step past checkpoint.keep
   kill_at = rng.uniform(0.3, 0.9) * t_ref
   why = f'SLEEP_JAX_PREEMPT_SEED={SEED}, crashes {plan}, outside kill after {kill_at:.1f}s'
   cut = tmp_path / 'cut'
@@ -125,6 +138,8 @@ def test_sigkill_anywhere_then_rerun_is_bit_identical(tmp_path):
       break
     assert rc == -signal.SIGKILL and '[faults] SIGKILL at' in out, f'{why}: {crash}: rc {rc}\n{out[-3000:]}'
     killed += 1
+    if crash.startswith('checkpoint_write'):
+      _assert_committed_kept(cut / 'checkpoints', why)
   assert killed >= 2, f'{why}: only {killed} crash(es) happened'
   if rc != 0:
     rc, out = _run(cut, cache, kill_after=kill_at)
@@ -136,18 +151,29 @@ def test_sigkill_anywhere_then_rerun_is_bit_identical(tmp_path):
   _assert_same_run(ref, cut, why)
 
 
-def test_killed_mid_write_keeps_every_committed_checkpoint(tmp_path, crash='checkpoint_write:2'):
-  """A kill leaves the newest step without its commit marker (or no newer step): the committed ones are all
-  there and readable, none was deleted before its successor was committed, and the rerun resumes from them."""
+def test_lm_job_killed_mid_stream_resumes_its_grain_iterator_exactly(tmp_path):
+  """The `lm` job reads packed TFDS rows through grain: killed between checkpoints and inside a checkpoint
+  write, rerun, it must consume exactly the batches an uninterrupted run does (iterator state in every
+  checkpoint), so the final state and every logged loss are bit-identical."""
   cache = tmp_path / 'jax_cache'
-  rc, out = _run(tmp_path, cache, crash=crash)
-  assert rc == -signal.SIGKILL, out[-3000:]
-  ckpts = tmp_path / 'checkpoints'
-  steps = sorted(int(d.name) for d in ckpts.iterdir() if d.name.isdigit())
-  committed = [s for s in steps if (ckpts / str(s) / 'commit_success.txt').exists()]
-  assert committed and committed == list(range(committed[0], committed[-1] + 1)), (steps, committed)
-  partial = [p for p in ckpts.iterdir() if 'orbax-checkpoint-tmp' in p.name or
-             (p.name.isdigit() and not (p / 'commit_success.txt').exists())]
-  assert committed == [1] and partial, f'killed writing step 2: {sorted(os.listdir(ckpts))}'
-  rc, out = _run(tmp_path, cache)
-  assert rc == 0 and f'resuming {tmp_path}' in out, out[-3000:]
+  cmd = lambda w: [sys.executable, '-m', 'experiments.main', '--config=configs/lm.py:smoke', f'--workdir={w}']
+
+  def run(w, crash=None):
+    p = subprocess.run(cmd(w), cwd=ROOT, env=_env(cache, crash), capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout + p.stderr
+
+  rc, out = run(tmp_path / 'ref')
+  assert rc == 0, out[-3000:]
+  for crash in ('train_step:7', 'checkpoint_write:1'):   # after step 5's save; then writing step 10
+    rc, out = run(tmp_path / 'cut', crash)
+    assert rc == -signal.SIGKILL and '[faults] SIGKILL at' in out, f'{crash}: rc {rc}\n{out[-3000:]}'
+  rc, out = run(tmp_path / 'cut')
+  assert rc == 0 and 'resuming from step 5' in out, out[-3000:]
+  assert _metrics(tmp_path / 'ref') == _metrics(tmp_path / 'cut')
+  a, b = (json.load(open(tmp_path / w / 'results.json')) for w in ('ref', 'cut'))
+  assert _strip(a['history'][-1]) == _strip(b['history'][-1]) and b['start_step'] == 5
+  (sa, ta), (sb, tb) = _final_state(tmp_path / 'ref'), _final_state(tmp_path / 'cut')
+  fa, fb = _flat(ta), _flat(tb)
+  assert sa == sb == 12 and sorted(fa) == sorted(fb)
+  for k in fa:
+    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
