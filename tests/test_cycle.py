@@ -55,6 +55,23 @@ class _Killed(Exception):
   pass
 
 
+def _stop_after_save(c, docs, workdir, monkeypatch, when):
+  """Run the cycle in `workdir` and stop it (an exception, in process) right after the first checkpoint whose
+  position satisfies `when`."""
+  save = cycle_lib.Cycle._save
+
+  def save_then_die(self, pos, ks_state=None, dream_state=None):
+    save(self, pos, ks_state, dream_state)
+    if when(pos):
+      raise _Killed()
+
+  monkeypatch.setattr(cycle_lib.Cycle, '_save', save_then_die)
+  cyc, _ = _cycle(c, workdir)
+  with pytest.raises(_Killed):
+    cyc.run(docs)
+  monkeypatch.setattr(cycle_lib.Cycle, '_save', save)
+
+
 @pytest.mark.parametrize('stage', ['ks', 'dream'])
 def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch, stage):
   """Killed after a saved Knowledge Seeding update, or after a saved Dreaming round: the resumed run ends with
@@ -64,18 +81,8 @@ def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch,
   ref, _ = _cycle(c, tmp_path / 'ref')
   ref.run(docs)
 
-  save = cycle_lib.Cycle._save
-
-  def save_then_die(self, pos, ks_state=None, dream_state=None):
-    save(self, pos, ks_state, dream_state)
-    if pos.get('phase') == 'sleep' and (pos.get('ks_step') == 2 if stage == 'ks' else pos.get('dream_round') == 1):
-      raise _Killed()
-
-  monkeypatch.setattr(cycle_lib.Cycle, '_save', save_then_die)
-  first, _ = _cycle(c, tmp_path / 'cut')
-  with pytest.raises(_Killed):
-    first.run(docs)
-  monkeypatch.setattr(cycle_lib.Cycle, '_save', save)
+  _stop_after_save(c, docs, tmp_path / 'cut', monkeypatch, lambda pos: pos.get('phase') == 'sleep' and (
+      pos.get('ks_step') == 2 if stage == 'ks' else pos.get('dream_round') == 1))
   second, _ = _cycle(c, tmp_path / 'cut')
   events = second.run(docs)
   assert [e['sleep'] for e in events if e.get('event') == 'sleep'] == [0]
@@ -95,17 +102,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_position(tmp_pat
   docs = jobs.load_docs(c)
   ref, _ = _cycle(c, tmp_path / 'ref')
   ref.run(docs)
-  save = cycle_lib.Cycle._save
-
-  def save_then_die(self, pos, ks_state=None, dream_state=None):
-    save(self, pos, ks_state, dream_state)
-    if pos.get('ks_step') == 2:
-      raise _Killed()
-
-  monkeypatch.setattr(cycle_lib.Cycle, '_save', save_then_die)
-  first, _ = _cycle(c, tmp_path / 'cut')
-  with pytest.raises(_Killed):
-    first.run(docs)
+  _stop_after_save(c, docs, tmp_path / 'cut', monkeypatch, lambda pos: pos.get('ks_step') == 2)
   ckpts = tmp_path / 'cut' / 'checkpoints'
   newest = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
   for root, _, files in os.walk(ckpts / str(newest) / 'state'):     # garble the array store's index
@@ -113,7 +110,6 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_position(tmp_pat
       if f == 'manifest.ocdbt':
         with open(os.path.join(root, f), 'r+b') as fh:
           fh.write(b'garbage!' * 4)
-  monkeypatch.setattr(cycle_lib.Cycle, '_save', save)
   second, _ = _cycle(c, tmp_path / 'cut')
   second.run(docs)
   assert os.listdir(ckpts / '_incomplete')                            # the damaged step was set aside
