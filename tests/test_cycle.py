@@ -47,6 +47,7 @@ def test_sleep_job_smoke(tmp_path):
   assert np.isfinite(res['after']['probe_nll'])
   on_disk = json.loads((tmp_path / 'results.json').read_text())
   assert on_disk['before']['no_context']['n'] == res['n_questions']
+  assert on_disk['seed'] == 0 and {'jax', 'jaxlib', 'flax', 'optax', 'orbax_checkpoint', 'numpy'} <= set(on_disk)
   # The sleep trained one new expert per receiver layer, and it is active.
   assert res['sleeps'][0]['expert_index'] == {'layers_0': 0}
 

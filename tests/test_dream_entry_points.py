@@ -27,7 +27,9 @@ def test_knowledge_incorporation_with_dreaming_smoke(tmp_path):
   merged = tmp_path / 'merged'
   out = _run(['experiments.knowledge_incorporation', f'--workdir={merged}',
               f'--from_results={tmp_path}/results.json,{tmp_path}/results.json'], tmp_path)
-  assert len(json.loads((merged / 'results.json').read_text())['rows']) == 2 and '| seal |' in out
+  m = json.loads((merged / 'results.json').read_text())
+  assert len(m['rows']) == 2 and '| seal |' in out and 'jax' in m and m['merged_from']
+  assert res['seed'] == 0 and 'orbax_checkpoint' in res   # seed and library versions in every results file
   assert (merged / 'table.md').exists() and (merged / 'rest_em.png').exists()
 
 
