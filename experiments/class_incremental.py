@@ -464,7 +464,8 @@ def select_lambda(lab, scorer, config, seed: int, workdir: str) -> float:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
+  from experiments.common import checked
+  config = checked(_CONFIG.value)
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value, config)
   bad = [m for m in _METHODS.value if m not in METHODS]

@@ -243,6 +243,16 @@ def mean_sd(xs, fmt: str = '.1f') -> str:
 write_json = jobs.write_json   # obj as JSON, written whole (tmp + rename); experiments import it from here
 
 
+def checked(config):
+  """`config` after `jobs.validate` (every range, before anything is built or written); a bad value exits with
+  one message naming each bad key."""
+  try:
+    jobs.validate(config, check_job=False)
+  except ValueError as e:
+    raise SystemExit(f'error: {e}') from None
+  return config
+
+
 def save_results(workdir: str, obj: dict, config, name: str = 'results.json') -> str:
   """results.json with the config, seed list and library versions; written whole (tmp + rename)."""
   return write_json(os.path.join(workdir, name), {**obj, 'config': json.loads(config.to_json()),

@@ -429,7 +429,8 @@ def main(argv):
   if _SPLIT.value not in ('validation', 'test'):
     raise ValueError(f"--split must be 'validation' or 'test', got {_SPLIT.value!r}")
   seeds = [int(s) for s in _SEEDS.value]
-  config = _CONFIG.value
+  from experiments.common import checked
+  config = checked(_CONFIG.value)
   t0 = time.perf_counter()
   lab = Lab(config)
   print(f'built in {time.perf_counter() - t0:.0f}s', flush=True)

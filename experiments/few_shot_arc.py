@@ -372,7 +372,8 @@ def main(argv):
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value)
   from experiments.common import save_results
-  config = _CONFIG.value
+  from experiments.common import checked
+  config = checked(_CONFIG.value)
   try:
     seeds = [int(s) for s in _SEEDS.value]
   except ValueError:

@@ -94,7 +94,8 @@ def main(argv):
 
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value)
-  config = _CONFIG.value
+  from experiments.common import checked
+  config = checked(_CONFIG.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   b = build_lib.build(config)
   tok = b.tokenizer

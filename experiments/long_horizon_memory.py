@@ -213,7 +213,8 @@ def main(argv):
     return merge_main(F.from_results, F.workdir)
   from experiments.common import Lab, save_results
   from sleep_jax.data import long_horizon as H
-  config = F.config
+  from experiments.common import checked
+  config = checked(F.config)
   c = config.lhm
   if c.kind not in ('niah', 'mk_niah'):
     raise ValueError(f"lhm.kind must be 'niah' or 'mk_niah' (key -> value needles), got {c.kind!r}")

@@ -107,7 +107,8 @@ def main(argv):
   from sleep_jax.data import knowledge
   if _FROM.value:
     return merge(_FROM.value, _WORKDIR.value)
-  config = _CONFIG.value
+  from experiments.common import checked
+  config = checked(_CONFIG.value)
   m = config.multi
   lab = common.Lab(config)
   passages = jobs.cut_docs(knowledge.generate(m.split, allow_test=m.split == 'test'), config.knowledge.max_doc_chars)

@@ -47,14 +47,18 @@ def test_out_of_range_config_values_are_named(overrides, match):
 
 def test_every_shipped_config_validates():
   import importlib
-  for name in ('sleep', 'lm', 'wake', 'chat'):
+  jobs_ = ('sleep', 'lm', 'wake', 'chat')   # experiments.main jobs; the rest are the experiments' own programs
+  for name in jobs_ + ('few_shot_arc', 'continual_languages', 'class_incremental', 'long_horizon_memory',
+                       'multi_passage_ki'):
     mod = importlib.import_module(f'configs.{name}')
     for variant in ('', 'smoke'):
-      try:
-        c = mod.get_config(variant)
-      except ValueError:
-        continue   # a config without that variant
-      jobs.validate(c)
+      jobs.validate(mod.get_config(variant), check_job=name in jobs_)
+
+
+def test_experiments_check_their_config_before_anything_else():
+  from experiments import common
+  with pytest.raises(SystemExit, match=r'error: bad config:\n  - checkpoint.every=0 must be >= 1'):
+    common.checked(_bad(**{'checkpoint.every': 0}))
 
 
 def test_all_problems_are_listed_at_once():
