@@ -117,3 +117,13 @@ def test_smoke_run_end_to_end(tmp_path):
   assert (merged / 'table.md').read_text().split('\n\n')[:3] == table.split('\n\n')[:3]
   with pytest.raises(ValueError, match='appears twice'):
     E.merge_main([str(out / 'results.json')] * 2, str(merged))
+  # Determinism: seed 0's sleep_L2 rows again, alone, in a new process: identical to the first run's (timings aside)
+  again = tmp_path / 'again'
+  cmd2 = [c for c in cmd if not c.startswith(('--workdir', '--seeds', '--methods'))] + [
+      f'--workdir={again}', '--seeds=0', '--methods=sleep_L2']
+  r = subprocess.run(cmd2, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  untimed = lambda rows: [{k: v for k, v in x.items() if not k.endswith(('seconds', '_s'))}
+                          for x in rows if x['method'] == 'sleep_L2' and x['seed'] == 0]
+  rows2 = json.loads((again / 'results.json').read_text())['rows']
+  assert untimed(rows2) == untimed(res['rows']) and len(untimed(rows2)) == 2
