@@ -144,7 +144,7 @@ def safetensors_header(st):
 # ---- outcomes -----------------------------------------------------------------------------------------
 
 class Crash(AssertionError):
-  pass
+  """An input the parsers neither loaded nor refused with the project's clear error."""
 
 
 def outcome(fn, path) -> str:
