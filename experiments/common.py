@@ -27,7 +27,6 @@ from sleep_jax import build as build_lib
 from sleep_jax import evals, jobs, sharding, train
 from sleep_jax.models.cms import variables
 from sleep_jax.phases import consolidate as ks
-from sleep_jax.phases import cycle as cycle_lib
 
 Pair = tuple  # (prompt text or None, target text): a chat turn (loss on the answer only) or plain text
 
@@ -106,7 +105,7 @@ class Lab:
     seeder.kcfg = kcfg
     view = ks.View(layers, True)
     sp, scms, index = ks.expand_student(params, cms, layers)
-    items = cycle_lib.context_items(self.tok, list(docs), tuple(templates or c.templates), seed,
+    items = ks.context_items(self.tok, list(docs), tuple(templates or c.templates), seed,
                                     c.prefix_prompts if n_prefix is None else n_prefix)
     st, hist = seeder.run({'params': params, 'cms': cms}, {'params': sp, 'cms': scms}, index, view, items,
                           jax.random.key(seed), progress_desc=desc)

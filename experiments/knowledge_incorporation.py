@@ -63,7 +63,7 @@ def finetune(b, config, passage, steps, lr):
   import jax
   import ml_collections as mlc
   from sleep_jax import sharding, train
-  from sleep_jax.phases.cycle import doc_batch
+  from sleep_jax.cycle import doc_batch
   optim = mlc.ConfigDict(dict(config.optim))
   optim.lr = lr
   tx = train.make_optimizer(optim, b.params)
@@ -88,7 +88,6 @@ def main(argv):
   from sleep_jax import evals, jobs
   from sleep_jax.data import knowledge, long_horizon
   from sleep_jax.phases import consolidate as ks
-  from sleep_jax.phases import cycle as cycle_lib
   from sleep_jax.phases import dream
   from sleep_jax.rewards import Judge
 
@@ -171,7 +170,7 @@ def main(argv):
             sp, cms, index = ks.expand_student(b.params, b.cms, layers)
           else:
             sp, cms, index = b.params, b.cms, {}
-          items = cycle_lib.context_items(tok, [passage], tuple(config.sleep.templates), seed,
+          items = ks.context_items(tok, [passage], tuple(config.sleep.templates), seed,
                                           config.sleep.prefix_prompts)
           st, hist = seeder.run({'params': b.params, 'cms': b.cms}, {'params': sp, 'cms': cms}, index, view, items,
                                 jax.random.key(seed), progress_desc=v)

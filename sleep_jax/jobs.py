@@ -288,7 +288,7 @@ def sleep(config, workdir: str) -> dict:
   """Read documents while awake, sleep on them, and measure no-context QA before and after the sleep(s),
   with the teacher's with-context accuracy as the ceiling and the retention probe before and after."""
   from sleep_jax.data import long_horizon
-  from sleep_jax.phases.cycle import Cycle
+  from sleep_jax.cycle import Cycle
   os.makedirs(workdir, exist_ok=True)
   t_start = time.perf_counter()
   b = build_lib.build(config)

@@ -215,7 +215,7 @@ def test_held_boundary_then_sender_update_equals_the_wake_step():
   wcfg, ref = _wake(b, 4, hold_last=False)
   wcfg, held = _wake(b, 4, hold_last=True)
   assert any(np.any(np.asarray(a) != 0) for a in jax.tree.leaves(held['acc'][0]))
-  from sleep_jax.phases.cycle import apply_held
+  from sleep_jax.cycle import apply_held
   applied = apply_held(held, wcfg, [0, 1])
   for k, v in _flat(ref['params']).items():
     np.testing.assert_allclose(_flat(applied['params'])[k], v, atol=1e-6, err_msg='/'.join(k))

@@ -12,7 +12,7 @@ from configs import sleep as sleep_config
 from sleep_jax import build as build_lib
 from sleep_jax import jobs
 from sleep_jax.data import documents
-from sleep_jax.phases import cycle as cycle_lib
+from sleep_jax import cycle as cycle_lib
 from tests import helpers
 
 PROBE = ['The quick brown fox jumps over the lazy dog. ' * 20]

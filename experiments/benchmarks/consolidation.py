@@ -39,7 +39,6 @@ def setup(smoke: bool, eos_ids=None) -> dict:
   from sleep_jax import build as build_lib
   from sleep_jax import jobs
   from sleep_jax.phases import consolidate as ks
-  from sleep_jax.phases import cycle as cycle_lib
   from sleep_jax.rewards import Judge
 
   config = sleep_config.get_config('smoke' if smoke else '')
@@ -56,7 +55,7 @@ def setup(smoke: bool, eos_ids=None) -> dict:
   view = ks.View(layers, True)
   teacher, student = {'params': b.params, 'cms': b.cms}, {'params': sp, 'cms': cms}
   docs = jobs.load_docs(config)[:1]
-  items = cycle_lib.context_items(tok, docs, tuple(config.sleep.templates), 0, config.sleep.prefix_prompts)
+  items = ks.context_items(tok, docs, tuple(config.sleep.templates), 0, config.sleep.prefix_prompts)
   items = items[:kcfg.prompts_per_step]
   samples = seeder.teacher_samples(teacher, items, jax.random.key(0))
   state = ks.init_state(sp, index, view, seeder.tx)

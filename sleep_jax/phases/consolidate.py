@@ -39,6 +39,7 @@ from sleep_jax import guard as guard_lib
 from sleep_jax import losses, rewards
 from sleep_jax.models import cms as cms_lib
 from sleep_jax.models.cms import variables
+from sleep_jax.data.text import buffer_prompts
 from sleep_jax.sampling import bucket
 
 Params = Any
@@ -501,3 +502,25 @@ def layers_of_level(wcfg, level: int) -> tuple[int, ...]:
   if not layers:
     raise ValueError(f'CMS level {level} has no layers (wake.level_of_layer={wcfg.level_of_layer})')
   return layers
+
+
+# ---------------------------------------------------------------------------------------------------
+# Items from the memory buffer
+
+
+def context_items(tokenizer, docs: list[dict], templates, seed: int, n_prefix: int) -> list[Item]:
+  """Student: the instruction alone; teacher: the document, then the instruction (privileged context)."""
+  rng = np.random.default_rng(seed)
+  items = []
+  for d in docs:
+    for instr in buffer_prompts(d, templates, rng, n_prefix):
+      items.append(Item(tokenizer.chat_tokens([{'role': 'user', 'content': instr}]),
+                           tokenizer.chat_tokens([{'role': 'user', 'content': f"{d['text']}\n\n{instr}"}]),
+                           d['id']))
+  return items
+
+
+def plain_items(tokenizer, docs: list[dict], templates, seed: int, n_prefix: int) -> list[Item]:
+  """Protocol sleeps: teacher and student get the same prompt (the knowledge is in the sender's weights)."""
+  return [Item(it.student, it.student, it.source) for it in context_items(tokenizer, docs, templates, seed,
+                                                                             n_prefix)]

@@ -39,6 +39,7 @@ import optax
 
 from sleep_jax import guard as guard_lib
 from sleep_jax import losses
+from sleep_jax.data.text import sentences
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.sampling import bucket, left_pad
 
@@ -128,11 +129,10 @@ KNOWLEDGE_REQUESTS = (  # (with the passage, without it)
 
 def knowledge_task(doc: dict, n_probe: int, seed: int = 0) -> DreamTask:
   """Implications, restatements and QA pairs of a passage; tau = cloze NLL of its own sentences without it."""
-  from sleep_jax.phases.cycle import _sentences
   title = doc.get('title') or 'the passage you read'
   gen = [f"{doc['text']}\n\n{g}" for g, _ in KNOWLEDGE_REQUESTS]
   mem = [m.format(title=title) for _, m in KNOWLEDGE_REQUESTS]
-  sents = _sentences(doc['text'])
+  sents = sentences(doc['text'])
   order = np.random.default_rng([seed, 0xd4ea]).permutation(len(sents))[:n_probe]
   probe = []
   for j in sorted(order):

@@ -46,55 +46,6 @@ TEMPLATES = ('Tell me about {title}.', 'Complete the sentence: {prefix}')
 
 
 # ---------------------------------------------------------------------------------------------------
-# Memory-buffer prompts
-
-
-def _sentences(text: str) -> list[str]:
-  out, cur = [], ''
-  for ch in text.replace('\n', ' '):
-    cur += ch
-    if ch in '.!?' and len(cur.split()) >= 4:
-      out.append(cur.strip())
-      cur = ''
-  if len(cur.split()) >= 4:
-    out.append(cur.strip())
-  return out
-
-
-def buffer_prompts(doc: dict, templates, rng: np.random.Generator, n_prefix: int) -> list[str]:
-  """Instructions made from one buffered document: templates with {title}, and with {prefix} the first
-  half of `n_prefix` random sentences (prefixes of the wake context, PAPER sec. 3's default)."""
-  out = []
-  sents = _sentences(doc['text'])
-  for t in templates:
-    if '{prefix}' in t:
-      for j in rng.permutation(len(sents))[:n_prefix]:
-        words = sents[j].split()
-        out.append(t.format(prefix=' '.join(words[:max(2, len(words) // 2)]), title=doc.get('title', '')))
-    else:
-      out.append(t.format(title=doc.get('title', '')))
-  return out
-
-
-def context_items(tokenizer, docs: list[dict], templates, seed: int, n_prefix: int) -> list[ks.Item]:
-  """Student: the instruction alone; teacher: the document, then the instruction (privileged context)."""
-  rng = np.random.default_rng(seed)
-  items = []
-  for d in docs:
-    for instr in buffer_prompts(d, templates, rng, n_prefix):
-      items.append(ks.Item(tokenizer.chat_tokens([{'role': 'user', 'content': instr}]),
-                           tokenizer.chat_tokens([{'role': 'user', 'content': f"{d['text']}\n\n{instr}"}]),
-                           d['id']))
-  return items
-
-
-def plain_items(tokenizer, docs: list[dict], templates, seed: int, n_prefix: int) -> list[ks.Item]:
-  """Protocol sleeps: teacher and student get the same prompt (the knowledge is in the sender's weights)."""
-  return [ks.Item(it.student, it.student, it.source) for it in context_items(tokenizer, docs, templates, seed,
-                                                                             n_prefix)]
-
-
-# ---------------------------------------------------------------------------------------------------
 # Wake batches
 
 
@@ -267,7 +218,7 @@ class Cycle:
     probe_before = rt.probe(self.state['params'], self.state['cms'])
     view, student, index = self._student(pos)
     teacher = {'params': self.state['params'], 'cms': self.state['cms']}
-    make = context_items if pos['kind'] == 'context' else plain_items
+    make = ks.context_items if pos['kind'] == 'context' else ks.plain_items
     items = make(rt.b.tokenizer, docs, _config_tuple(c.sleep.templates), c.seed * 1000 + pos['sleep'],
                  c.sleep.prefix_prompts)
     rng = jax.random.fold_in(jax.random.key(c.seed), 7919 + pos['sleep'])
