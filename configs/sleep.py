@@ -17,9 +17,13 @@ probe guards the sleep (safe sleep). Results go to <workdir>/results.json.
              --config.sleep.dream.random_expert=False
 Re-running the same command resumes from the newest checkpoint in --workdir.
 """
+import dataclasses
+
 import ml_collections as mlc
 
 from configs import base
+from sleep_jax.phases.consolidate import KSConfig
+from sleep_jax.phases.dream import DreamConfig
 
 
 def sleep_fields() -> mlc.ConfigDict:
@@ -30,23 +34,10 @@ def sleep_fields() -> mlc.ConfigDict:
       prefix_prompts=4,               # sentence-prefix prompts per document
       max_probe_regression=0.05,      # reject a sleep whose retention-probe NLL rises more than 5%
       probe_seq_len=128, probe_rows=4,
-      ks=mlc.ConfigDict(dict(
-          # A sleep is short on 2 CPU cores (one update of 1 prompt x (1 teacher + 4 student) rows took ~15-25 s
-          # with SmolLM2-135M), so few updates at an adapter-sized lr (chosen a priori, not tuned on test).
-          steps=10, prompts_per_step=1, group_size=4, alpha=0.5, lam=0.5, divergence='jsd', beta=0.5,
-          # gamma: weight of the judge's r_sem. The default judge (frozen SmolLM2-135M) scored identical and
-          # unrelated pairs alike (p_yes ~0.2 for both, README), so r_sem is mostly noise here: 0.1.
-          gamma=0.1, z0_frac=0.5, reward_unit='token', judge_hard=False,
-          lr=5e-3, b1=0.9, b2=0.95, grad_clip=1.0, max_new_tokens=32, temperature=1.0,
-          teacher_temperature=1.0, prefix_max_frac=0.5, expand=True)),
-      # Dreaming (phases/dream.py), after consolidation in every sleep. Sizes chosen for 2 CPU cores (one round
-      # on one passage: ~1-1.5 min with SmolLM2-135M; benchmarks/dreaming.py), not tuned on test.
-      dream=mlc.ConfigDict(dict(
-          # expert_scale: the random experts' B at its init scale barely moves SmolLM2 (README); > 1 not yet measured.
-          enabled=True, n_dreams=6, top_k=2, n_random=1, selection='cosine', random_expert=True, expert_scale=1.0,
-          rounds=2,
-          max_new_tokens=48, temperature=1.0, inner_steps=2, inner_lr=1e-2, mstep_steps=2, lr=5e-3,
-          grad_clip=1.0, generator_weight=1.0, memory_weight=1.0, reward_margin=0.0, probe_rows=6))))
+      # Knowledge Seeding and Dreaming: the typed configs' defaults are the values (one source of defaults;
+      # each field's comment is in phases/consolidate.KSConfig and phases/dream.DreamConfig).
+      ks=mlc.ConfigDict(dataclasses.asdict(KSConfig())),
+      dream=mlc.ConfigDict(dataclasses.asdict(DreamConfig()))))
 
 
 def get_config(arg: str = '') -> mlc.ConfigDict:

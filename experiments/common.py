@@ -23,8 +23,7 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from sleep_jax import build as build_lib
-from sleep_jax import evals, jobs, sharding, train
+from sleep_jax import guard, results, runtime, train
 from sleep_jax.models.cms import variables
 from sleep_jax.phases import consolidate as ks
 
@@ -46,13 +45,10 @@ class Lab:
 
   def __init__(self, config):
     self.config = config
-    self.b = build_lib.build(config)
-    self.tok = self.b.tokenizer
-    self.sampler = jobs.make_sampler(self.b, config)
-    self.wcfg = jobs.wake_config(config, self.b.cfg)
-    self.rows_multiple = int(np.prod([self.b.mesh.shape[a] for a in ('data', 'fsdp')]))
-    self.batch_sh = sharding.batch_sharding(self.b.mesh, self.b.rules)
-    self._seeders, self._sft, self._probe, self._judge = {}, {}, None, None
+    self.rt = runtime.Runtime(config)   # the composition root: model, sampler, seeders, dreamers, probe, guard
+    self.b, self.tok, self.sampler, self.wcfg = self.rt.b, self.rt.tokenizer, self.rt.sampler, self.rt.wcfg
+    self.rows_multiple, self.batch_sh = self.rt.n_shards, self.rt.batch_sharding
+    self._sft = {}
     self._score_fn = jax.jit(_row_logprob, static_argnums=0)
 
   # ------------------------------------------------------------------------------------------ basics
@@ -66,16 +62,11 @@ class Lab:
 
   def layers(self, level: int | None = None) -> tuple[int, ...]:
     """The layers of CMS level `level` (default: config.sleep.receiver_level), which receive new experts."""
-    return ks.layers_of_level(self.wcfg, self.config.sleep.receiver_level if level is None else level)
+    return self.rt.layers(level)
 
   def probe(self, params, cms) -> float:
     """Retention probe: NLL on validation essays (what the model knew before; lower is better)."""
-    if self._probe is None:
-      from sleep_jax.data import long_horizon
-      c = self.config.sleep
-      self._probe = evals.Probe(self.b.model, self.tok, [t for _, t in long_horizon.split_essays('validation')],
-                                seq_len=c.probe_seq_len, n_rows=c.probe_rows)
-    return self._probe(params, cms)
+    return self.rt.probe()(params, cms)
 
   def chat(self, user: str) -> list[int]:
     return self.tok.chat_tokens([{'role': 'user', 'content': user}])
@@ -89,20 +80,7 @@ class Lab:
     it. Returns the committed (params, cms) and the per-update history. Needs a free expert slot per layer."""
     c = self.config.sleep
     layers = tuple(self.layers() if layers is None else layers)
-    kd = dict(c.ks)
-    if steps is not None:
-      kd['steps'] = steps
-    kcfg = ks.KSConfig.from_config(kd)
-    key = (dataclasses.replace(kcfg, steps=1), layers)   # the update does not depend on the number of steps
-    if key not in self._seeders:   # one Seeder (one compiled update) per KS setting, reused across seeds and n
-      judge = None
-      if kcfg.gamma > 0 and kcfg.alpha < 1:
-        from sleep_jax.rewards import Judge
-        self._judge = self._judge or Judge(self.b.model, self.tok, prompt_buckets=self.config.sampling.prompt_buckets)
-        judge = self._judge
-      self._seeders[key] = ks.Seeder(self.b.model, kcfg, self.tok, self.sampler, judge=judge)
-    seeder = self._seeders[key]
-    seeder.kcfg = kcfg
+    seeder = self.rt.seeder(self.rt.ks_config() if steps is None else self.rt.ks_config(steps=steps))
     view = ks.View(layers, True)
     sp, scms, index = ks.expand_student(params, cms, layers)
     items = ks.context_items(self.tok, list(docs), tuple(templates or c.templates), seed,
@@ -136,7 +114,7 @@ class Lab:
       cfg.lr, cfg.trainable = lr, trainable
       tx = train.make_optimizer(cfg, self.b.params)
       labels = train.optimizer_labels(cfg, self.b.params)   # expert-only rows skip the base's gradients
-      model = self.b.model
+      model, skip = self.b.model, self.rt.guard.skip
 
       def step(state, batch, anchor, lam):
         def loss_fn(p):
@@ -149,7 +127,10 @@ class Lab:
           return loss, m
         (_, m), g = train.trainable_value_and_grad(loss_fn, state['params'], labels)
         upd, os_ = tx.update(g, state['opt_state'], state['params'])
-        return dict(state, step=state['step'] + 1, params=optax.apply_updates(state['params'], upd), opt_state=os_), m
+        params = optax.apply_updates(state['params'], upd)
+        if skip:   # config.guard.nonfinite=skip: a non-finite step changes nothing (guard.py)
+          params, os_ = guard.keep_if(guard.finite(m['loss'], g), (params, os_), (state['params'], state['opt_state']))
+        return dict(state, step=state['step'] + 1, params=params, opt_state=os_), m
 
       self._sft[key] = (tx, jax.jit(step, donate_argnums=0))
     return self._sft[key]
@@ -173,7 +154,7 @@ class Lab:
       state, m = step(state, jax.device_put(batch, self.batch_sh), ewc, jnp.float32(ewc_lambda))
       hist.append(float(m['loss']))
       if not np.isfinite(hist[-1]):
-        raise FloatingPointError(f'finetune: loss {hist[-1]} at step {s + 1}')
+        self.rt.guard.check('fine-tune', s + 1, {'loss': hist[-1]})
     return state['params'], hist
 
   def fisher(self, params, cms, pairs: Sequence[Pair], *, seq_len: int | None = None) -> dict:
@@ -239,14 +220,14 @@ def mean_sd(xs, fmt: str = '.1f') -> str:
   return f'{xs.mean():{fmt}} ± {sd:{fmt}}'
 
 
-write_json = jobs.write_json   # obj as JSON, written whole (tmp + rename); experiments import it from here
+write_json = results.write_json   # obj as JSON, written whole (tmp + rename); experiments import it from here
 
 
 def checked(config):
-  """`config` after `jobs.validate` (every range, before anything is built or written); a bad value exits with
-  one message naming each bad key."""
+  """`config` after `runtime.validate` (every range, before anything is built or written); a bad value exits
+  with one message naming each bad key."""
   try:
-    jobs.validate(config, check_job=False)
+    runtime.validate(config)
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
   return config
@@ -255,7 +236,7 @@ def checked(config):
 def save_results(workdir: str, obj: dict, config, name: str = 'results.json') -> str:
   """results.json with the config, seed list and library versions; written whole (tmp + rename)."""
   return write_json(os.path.join(workdir, name), {**obj, 'config': json.loads(config.to_json()),
-                                                  **jobs.run_info(config)})
+                                                  **results.run_info(config)})
 
 
 def read_results(paths, experiment: str, keys=('rows',)) -> list:

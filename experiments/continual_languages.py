@@ -413,10 +413,10 @@ def merge_main(paths, workdir):
       raise ValueError(f'{p}: seeds {sorted(dup)} already merged from another file')
     rows += r['rows']
   seeds = sorted({x['seed'] for x in rows})
-  from sleep_jax import jobs
+  from sleep_jax import results
   write_json(os.path.join(workdir, 'results.json'),
              {'rows': rows, 'split': first[2], 'seeds': seeds, 'config': cfg, 'merged_from': list(paths),
-              **jobs.versions()})
+              **results.versions()})
   report(rows, workdir, footer_of(cfg, first[2], seeds, merged=paths))
 
 

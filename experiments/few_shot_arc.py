@@ -147,12 +147,10 @@ class Arc:
     self.layers = lab.layers()
     self.view = ks.View(self.layers, True)
     self.sp, self.scms, self.index = ks.expand_student(lab.params, lab.cms, self.layers)
-    dd = dict(config.sleep.dream, enabled=True)
-    mk = lambda d: dream.Dreamer(lab.b.model, dream.DreamConfig.from_config(d), lab.tok, lab.sampler,
-                                 batch_multiple=lab.rows_multiple, batch_sharding=lab.batch_sh)
-    self.trainer = mk(dd)   # ReST-EM on the training tasks
+    self.trainer = lab.rt.dreamer(lab.rt.dream_config(enabled=True))   # ReST-EM on the training tasks
     n = self.c.dreams_per_task
-    self.dreamer = mk(dict(dd, n_dreams=n, top_k=min(dd['top_k'], n), n_random=0))   # held-out self-edits
+    self.dreamer = lab.rt.dreamer(lab.rt.dream_config(enabled=True, n_dreams=n, top_k=min(self.trainer.dcfg.top_k, n),
+                                                      n_random=0))   # held-out self-edits
     self.frozen = {'params': self.sp, 'cms': self.scms, 'index': ks._index_arrays(self.index)}
     self.delta0 = self.dreamer.init_state(self.sp, self.index, self.view)['delta']
     kw = dict(model=lab.b.model, view=self.view, tx=dream.inner_optimizer(self.dreamer.dcfg))
@@ -360,9 +358,9 @@ def merge_main(paths, workdir):
     raise ValueError(f'--from_results: seeds repeat across files: {seeds}')
   if len(splits) != 1:
     raise ValueError(f'--from_results: files mix splits {sorted(splits)}')
-  from sleep_jax import jobs
+  from sleep_jax import results
   write_json(os.path.join(workdir, 'results.json'),
-             {'rows': rows, 'sleeps': sleeps, 'merged_from': list(paths), **jobs.versions()})
+             {'rows': rows, 'sleeps': sleeps, 'merged_from': list(paths), **results.versions()})
   report(rows, sleeps, workdir, f'split {splits.pop()}; merged from {", ".join(paths)}')
 
 

@@ -58,24 +58,27 @@ DREAM_VARIANTS = {'sleep': {}, 'sleep_no_select': {'selection': 'random'}, 'slee
                   'seal': {'random_expert': False}}
 
 
-def finetune(b, config, passage, steps, lr):
+def finetune(rt, passage, steps, lr):
   """Plain fine-tuning on the passage text: all weights, AdamW, next-token loss."""
   import jax
   import ml_collections as mlc
-  from sleep_jax import sharding, train
+  from sleep_jax import train
   from sleep_jax.cycle import doc_batch
+  b, config = rt.b, rt.config
   optim = mlc.ConfigDict(dict(config.optim))
   optim.lr = lr
   tx = train.make_optimizer(optim, b.params)
   copy = lambda t: jax.tree.map(lambda x: x.copy(), t)     # the train step donates its state
   state = train.init_state(copy(b.params), tx, copy(b.cms))
   shard = train.state_shardings(state, b.shardings, b.mesh)
-  batch_sh = sharding.batch_sharding(b.mesh, b.rules)
-  step = train.make_train_step(b.model, tx, shard, batch_sh, labels=train.optimizer_labels(optim, b.params))
+  batch_sh = rt.batch_sharding
+  step = train.make_train_step(b.model, tx, shard, batch_sh, labels=train.optimizer_labels(optim, b.params),
+                               skip_nonfinite=rt.guard.skip)
   batch = jax.device_put(doc_batch(b.tokenizer, passage, config.cycle.seq_len, 1), batch_sh)
   state = jax.device_put(state, shard)
-  for _ in range(steps):
+  for i in range(steps):
     state, m = step(state, batch)
+    rt.guard.check('fine-tune', i + 1, {'loss': m['loss'], 'grad_norm': m['grad_norm']})
   return state['params'], float(m['loss'])
 
 
@@ -84,27 +87,21 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax
   import numpy as np
-  from sleep_jax import build as build_lib
-  from sleep_jax import evals, jobs
-  from sleep_jax.data import knowledge, long_horizon
+  from sleep_jax import evals, runtime
+  from sleep_jax.data import documents, knowledge
   from sleep_jax.phases import consolidate as ks
   from sleep_jax.phases import dream
-  from sleep_jax.rewards import Judge
 
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value)
   from experiments.common import checked
   config = checked(_CONFIG.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  b = build_lib.build(config)
-  tok = b.tokenizer
-  sampler = jobs.make_sampler(b, config)
-  wcfg = jobs.wake_config(config, b.cfg)
-  layers = ks.layers_of_level(wcfg, config.sleep.receiver_level)
-  probe = evals.Probe(b.model, tok, [t for _, t in long_horizon.split_essays('validation')],
-                      seq_len=config.sleep.probe_seq_len, n_rows=config.sleep.probe_rows)
-  judge = Judge(b.model, tok, prompt_buckets=config.sampling.prompt_buckets)
-  all_passages = jobs.cut_docs(knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test'),
+  rt = runtime.Runtime(config)   # the composition root: model, sampler, seeders, dreamers, probe, guard
+  b, tok, sampler = rt.b, rt.tokenizer, rt.sampler
+  layers = rt.layers()
+  probe = rt.probe()
+  all_passages = documents.cut_docs(knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test'),
                                config.knowledge.max_doc_chars)
   qa = lambda params, cms, docs, ctx=False: evals.qa_eval(
       sampler, params, cms, tok, docs, with_context=ctx, max_new_tokens=config.knowledge.answer_tokens,
@@ -121,7 +118,7 @@ def main(argv):
     return evals.recall([[q['answer'], *q['aliases']] for q in passage['questions']], [text] * len(passage['questions'])), text
 
   probe0 = probe(b.params, b.cms)
-  rows, t_all, seeders, dreamers = [], time.perf_counter(), {}, {}
+  rows, t_all = [], time.perf_counter()
   from experiments.common import save_results
   for seed in map(int, _SEEDS.value):
     order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
@@ -136,11 +133,7 @@ def main(argv):
       for v in sorted(_VARIANTS.value, key=lambda v: v in DREAM_VARIANTS):   # 'ks' before the dream variants
         t0 = time.perf_counter()
         if v in DREAM_VARIANTS:
-          if v not in dreamers:
-            dd = dict(config.sleep.dream)
-            dd.update(DREAM_VARIANTS[v], enabled=True)
-            dreamers[v] = dream.Dreamer(b.model, dream.DreamConfig.from_config(dd), tok, sampler)
-          dr = dreamers[v]
+          dr = rt.dreamer(rt.dream_config(**DREAM_VARIANTS[v], enabled=True))
           task = dream.knowledge_task(passage, dr.dcfg.probe_rows, seed)
           view = ks.View(layers, True)
           if v == 'seal':
@@ -155,16 +148,12 @@ def main(argv):
             params = dr.commit(kp, dst, index, view)
             extra = {'dream_history': hist, 'reward_rate': [h['reward_rate'] for h in hist]}
         elif v == 'finetune':
-          params, loss = finetune(b, config, passage, _FT_STEPS.value, _FT_LR.value)
+          params, loss = finetune(rt, passage, _FT_STEPS.value, _FT_LR.value)
           cms = b.cms
           extra = {'final_loss': loss}
         else:
-          kd = dict(config.sleep.ks)
-          kd.update(KS_VARIANTS[v])
-          kcfg = ks.KSConfig.from_config(kd)
-          if v not in seeders:   # one Seeder (one compiled update) per variant, reused across seeds
-            seeders[v] = ks.Seeder(b.model, kcfg, tok, sampler, judge=judge if kcfg.gamma > 0 and kcfg.alpha < 1 else None)
-          seeder = seeders[v]
+          seeder = rt.seeder(rt.ks_config(**KS_VARIANTS[v]))   # one compiled update per variant, reused across seeds
+          kcfg = seeder.kcfg
           view = ks.View(layers, kcfg.expand)
           if kcfg.expand:
             sp, cms, index = ks.expand_student(b.params, b.cms, layers)
@@ -222,9 +211,9 @@ def merge_main(paths, workdir):
     vs = [v for v in r['rows'][0] if isinstance(r['rows'][0][v], dict)]
     names = vs if names is None else [v for v in names if v in vs]
   names = ['before'] + [v for v in names if v not in ('before', 'ceiling')] + ['ceiling']
-  from sleep_jax import jobs
+  from sleep_jax import results
   write_json(os.path.join(workdir, 'results.json'),
-             {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths), **jobs.versions()})
+             {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths), **results.versions()})
   report(rows, probe0, names, workdir, f'{len(rows)} passages merged from {", ".join(paths)}')
 
 

@@ -283,10 +283,10 @@ def merge_main(paths, workdir):
   keys = [(r['seed'], r['stream'], r['method'], r['key']) for r in rows]
   if len(set(keys)) != len(keys):
     raise ValueError('--from_results: the same (seed, stream, method, needle) appears twice')
-  from sleep_jax import jobs
+  from sleep_jax import results
   write_json(os.path.join(workdir, 'results.json'), {'rows': rows, 'streams': streams, 'methods': methods,
                                                      'merged_from': list(paths), 'seconds_per_file': secs,
-                                                     'config': config, **jobs.versions()})
+                                                     'config': config, **results.versions()})
   lhm = config['lhm']
   report(rows, methods, workdir, f"split {lhm['split']}, seeds {','.join(str(s) for s in sorted({r['seed'] for r in rows}))}, "
          f"window {lhm['window']} tokens, depths {lhm['depths']}, KS steps {config['sleep']['ks']['steps']}; merged "

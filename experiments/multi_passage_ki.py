@@ -73,7 +73,7 @@ def run_one(lab, config, docs: list[dict], seed: int) -> dict:
                                   steps=m.ft_steps_per_passage * n, lr=m.ft_lr, seed=seed, batch_size=m.ft_batch)
       cms, extra = lab.cms, {'loss': hist}
     elif v == 'seal':
-      dr = lab_dreamer(lab, config)
+      dr = lab_dreamer(lab)
       layers = lab.layers()
       sp, cms, index = ks.expand_student(lab.params, lab.cms, layers)
       tasks = [dream.knowledge_task(d, dr.dcfg.probe_rows, seed) for d in docs]
@@ -90,28 +90,24 @@ def run_one(lab, config, docs: list[dict], seed: int) -> dict:
   return out
 
 
-def lab_dreamer(lab, config):
-  from sleep_jax.phases import dream
-  if not hasattr(lab, '_dreamer'):
-    dd = dict(config.sleep.dream)
-    dd.update(enabled=True, random_expert=False)
-    lab._dreamer = dream.Dreamer(lab.b.model, dream.DreamConfig.from_config(dd), lab.tok, lab.sampler)
-  return lab._dreamer
+def lab_dreamer(lab):
+  """SEAL-style self-edits: the configured Dreamer without random experts (built once, by the runtime)."""
+  return lab.rt.dreamer(lab.rt.dream_config(enabled=True, random_expert=False))
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from experiments import common
-  from sleep_jax import jobs
-  from sleep_jax.data import knowledge
+  from sleep_jax import results
+  from sleep_jax.data import documents, knowledge
   if _FROM.value:
     return merge(_FROM.value, _WORKDIR.value)
   from experiments.common import checked
   config = checked(_CONFIG.value)
   m = config.multi
   lab = common.Lab(config)
-  passages = jobs.cut_docs(knowledge.generate(m.split, allow_test=m.split == 'test'), config.knowledge.max_doc_chars)
+  passages = documents.cut_docs(knowledge.generate(m.split, allow_test=m.split == 'test'), config.knowledge.max_doc_chars)
   probe0 = lab.probe(lab.params, lab.cms)
   rows, t_all = [], time.perf_counter()
   for seed in map(int, _SEEDS.value):
@@ -120,7 +116,7 @@ def main(argv):
       common.save_results(_WORKDIR.value, {'rows': rows, 'probe_before': probe0, 'seeds': _SEEDS.value,
                                            'split': m.split}, config)
   report(rows, probe0, _WORKDIR.value, f'split {m.split}, seeds {",".join(_SEEDS.value)}, '
-         f'{time.perf_counter() - t_all:.0f}s wall, {jobs.run_info(config)["processor"]} x{os.cpu_count()} CPU')
+         f'{time.perf_counter() - t_all:.0f}s wall, {results.run_info(config)["processor"]} x{os.cpu_count()} CPU')
 
 
 def merge(paths, workdir):
@@ -130,9 +126,9 @@ def merge(paths, workdir):
     if probe0 is not None and abs(r['probe_before'] - probe0) > 1e-6:
       raise ValueError(f'{p}: probe_before {r["probe_before"]} differs from {probe0}: not the same model')
     rows, probe0 = rows + r['rows'], r['probe_before']
-  from sleep_jax import jobs
+  from sleep_jax import results
   write_json(os.path.join(workdir, 'results.json'),
-             {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths), **jobs.versions()})
+             {'rows': rows, 'probe_before': probe0, 'merged_from': list(paths), **results.versions()})
   report(rows, probe0, workdir, f'merged from {", ".join(paths)}')
 
 

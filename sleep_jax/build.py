@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 from jax.sharding import Mesh
 
+from sleep_jax import io as sio
 from sleep_jax import sharding
+from sleep_jax.io.byte_tokenizer import ByteTokenizer
+from sleep_jax.models.cms import init_cms_state, variables
 from sleep_jax.models.llama import ModelConfig, Transformer
 
 SOURCES = ('random', 'smollm2', 'gguf', 'hf')
@@ -30,13 +35,11 @@ class Built:
 
   @property
   def variables(self) -> dict:
-    from sleep_jax.models.cms import variables
     return variables(self.params, self.cms)
 
 
 def check_source(mc, problems: list) -> None:
   """Append what is wrong with `config.model`'s source and path (before anything is loaded)."""
-  import os
   if mc.source not in SOURCES:
     problems.append(f'model.source={mc.source!r} is not one of {SOURCES}')
   elif mc.source == 'gguf' and not os.path.isfile(mc.path):
@@ -69,7 +72,6 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
     raise ValueError(f'model.source={mc.source!r} is not one of {SOURCES}')
   t0 = time.time()
   if mc.source == 'random':
-    from sleep_jax.io.byte_tokenizer import ByteTokenizer
     cfg = model_config_from(mc)
     tok = ByteTokenizer()
     if cfg.vocab_size < tok.vocab_size:
@@ -78,7 +80,6 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
     seed = config.get('seed', 0) if seed is None else seed
     params, shardings = sharding.init_sharded(_init_params(model), mesh, rules, jax.random.key(seed))
   else:
-    from sleep_jax import io as sio
     if mc.source == 'smollm2':
       path = sio.default_model_path()
       cfg, host = sio.load_gguf(path)
@@ -107,7 +108,6 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
       params = _merge_pretrained(fresh, host, shardings)
     else:
       params = sharding.put_tree(host, shardings)
-  from sleep_jax.models.cms import init_cms_state
   cms = init_cms_state(cfg)
   logging.info('built %s model (%.1fM params) on mesh %s in %.1fs', mc.source, cfg.num_params() / 1e6,
                dict(mesh.shape), time.time() - t0)
@@ -120,7 +120,6 @@ def _init_params(model: nn.Module):
 
 def _merge_pretrained(fresh, host, shardings):
   """`fresh` (sharded init) with every leaf the checkpoint has replaced by the checkpoint's value."""
-  from flax import traverse_util
   f, h, sh = (traverse_util.flatten_dict(t) for t in (fresh, host, shardings))
   missing = sorted('/'.join(k) for k in h if k not in f)
   if missing:

@@ -33,11 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleep_jax import evals, faults, sharding
-from sleep_jax.guard import NonFiniteGuard
+from flax import traverse_util
+
+from sleep_jax import faults, sharding
+from sleep_jax.checkpoint import Checkpointer, abstract_like
+from sleep_jax.metrics import MetricLogger, progress
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.phases import dream as dream_lib
 from sleep_jax.phases import wake as wake_lib
+from sleep_jax.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,6 @@ def doc_batch(tokenizer, doc: dict, seq_len: int, rows: int) -> dict:
 def apply_held(state: dict, wcfg, levels) -> dict:
   """Apply the held-back boundary updates of `levels` exactly as the wake step would have, resetting their
   accumulators (used after a protocol sleep, and for a rejected one, whose sender update is still owed)."""
-  from flax import traverse_util
   for l in levels:
     if not state['acc'][l]:
       continue
@@ -83,8 +86,9 @@ def apply_held(state: dict, wcfg, levels) -> dict:
 
 
 @dataclasses.dataclass
-class Runtime:
-  """Everything built once per run: model, wake step, sampler, seeder, probe, checkpointer."""
+class Parts:
+  """What one cycle uses, all from the composition root (runtime.Runtime) but the cycle's own wake state
+  shardings, wake step and checkpointer."""
   b: Any
   wcfg: wake_lib.WakeConfig
   kcfg: ks.KSConfig
@@ -104,35 +108,22 @@ def _config_tuple(x):
 
 
 class Cycle:
-  """`Cycle(config, workdir, built).run(docs)`: wake over `docs`, sleeping as configured; resumable."""
+  """`Cycle(runtime.Runtime(config), workdir, probe_texts).run(docs)`: wake over `docs`, sleeping as configured;
+  resumable. `probe_texts` default to the runtime's (validation essays)."""
 
-  def __init__(self, config, workdir: str, built, probe_texts: list[str]):
-    from sleep_jax import jobs
-    from sleep_jax.checkpoint import Checkpointer
-    from sleep_jax.rewards import Judge
-    self.config, self.workdir = config, workdir
-    b = built
-    wcfg = jobs.wake_config(config, b.cfg)
-    kcfg = ks.KSConfig.from_config(config.sleep.ks)
+  def __init__(self, runtime: Runtime, workdir: str, probe_texts: list[str] | None = None):
+    config, b = runtime.config, runtime.b
+    self.config, self.workdir, self.runtime = config, workdir, runtime
+    self.guard = runtime.guard
+    wcfg = runtime.wcfg
     state = wake_lib.init_wake_state(b.params, b.cms, wcfg)
     shard = wake_lib.wake_state_shardings(state, b.shardings, b.mesh)
-    batch_sh = sharding.batch_sharding(b.mesh, b.rules)
-    n_shards = max(1, int(np.prod([b.mesh.shape[a] for a in ('data', 'fsdp') if a in b.mesh.shape])))
-    sampler = jobs.make_sampler(b, config)
-    self.guard = NonFiniteGuard.from_config(config)
-    judge = Judge(b.model, b.tokenizer, prompt_buckets=config.sampling.prompt_buckets) \
-        if kcfg.gamma > 0 and kcfg.alpha < 1 else None
-    seeder = ks.Seeder(b.model, kcfg, b.tokenizer, sampler, judge=judge, batch_multiple=n_shards,
-                       batch_sharding=batch_sh, guard=self.guard)
-    probe = evals.Probe(b.model, b.tokenizer, probe_texts, seq_len=config.sleep.probe_seq_len,
-                        n_rows=max(config.sleep.probe_rows, n_shards))
-    self.dcfg = dream_lib.DreamConfig.from_config(config.sleep.dream) if 'dream' in config.sleep \
-        else dream_lib.DreamConfig()
-    dreamer = dream_lib.Dreamer(b.model, self.dcfg, b.tokenizer, sampler, batch_multiple=n_shards,
-                                batch_sharding=batch_sh, guard=self.guard) if self.dcfg.enabled else None
-    step_fn = wake_lib.make_wake_step(b.model, wcfg, shard, batch_sh, skip_nonfinite=self.guard.skip)
-    self.rt = Runtime(b, wcfg, kcfg, step_fn, shard, batch_sh,
-                      sampler, seeder, dreamer, probe, Checkpointer(workdir, keep=config.checkpoint.keep), n_shards)
+    self.dcfg = runtime.dream_config()
+    seeder = runtime.seeder()
+    self.rt = Parts(b, wcfg, seeder.kcfg, runtime.wake_step(shard), shard, runtime.batch_sharding,
+                    runtime.sampler, seeder, runtime.dreamer(self.dcfg) if self.dcfg.enabled else None,
+                    runtime.probe(probe_texts), Checkpointer(workdir, keep=config.checkpoint.keep),
+                    runtime.n_shards)
     self.state = jax.device_put(state, shard)
     self.log_lines: list[dict] = []
     self.mlog = None
@@ -159,7 +150,6 @@ class Cycle:
     fallback to an older step (the newest damaged) resumes at that step's own position."""
     if self.rt.ckpt.latest_step() is None:
       return None
-    from sleep_jax.checkpoint import abstract_like
 
     def target(meta):
       pos = meta['cycle']
@@ -186,7 +176,6 @@ class Cycle:
 
   def _sleep_target(self, pos, tree_fn):
     """Abstract restore target of a sleep-stage state (a pure function of the pre-sleep model)."""
-    from sleep_jax.checkpoint import abstract_like
     view, student, index = self._student(pos)
     abstract = jax.eval_shape(lambda p: tree_fn(p, index, view), student['params'])
     return abstract_like(abstract, sharding.replicated(self.rt.b.mesh))
@@ -313,7 +302,6 @@ class Cycle:
   # ---- run -----------------------------------------------------------------------------------
   def run(self, docs: list[dict]) -> list[dict]:
     """Wake over `docs` one per step; sleep when the buffer fills (and at level boundaries with protocol)."""
-    from sleep_jax.metrics import MetricLogger, progress
     rt, c = self.rt, self.config
     per_sleep = c.cycle.docs_per_sleep
     by_id = {d['id']: d for d in docs}

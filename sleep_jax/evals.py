@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_jax.data import metrics
+from sleep_jax.metrics import progress
 from sleep_jax.models.cms import variables
 
 QA_INSTRUCTION = 'Answer with a short phrase.\nQuestion: {question}\nAnswer:'
@@ -34,7 +35,6 @@ def recall(targets: Sequence, predictions: Sequence) -> float:
 def qa_eval(sampler, params, cms, tokenizer, passages: Sequence[dict], *, with_context: bool = False,
             max_new_tokens: int = 24, batch_size: int = 16, desc: str = '') -> dict:
   """Greedy answers to every question of `passages`; returns scores (percent) and the per-question answers."""
-  from sleep_jax.metrics import progress
   qs = [(p, q) for p in passages for q in p.get('questions', [])]
   if not qs:
     raise ValueError('qa_eval: the passages have no questions to ask')

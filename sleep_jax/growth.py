@@ -43,8 +43,9 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from sleep_jax import sharding
+from sleep_jax.build import abstract_params
 from sleep_jax.models import cms as cms_lib
-from sleep_jax.models.llama import ModelConfig
+from sleep_jax.models.llama import ModelConfig, Transformer
 
 Params = Any
 Path = tuple[str, ...]
@@ -545,8 +546,6 @@ def grow_opt_state(old_opt_state, old_params: Params, new_params: Params, tx, pl
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules) -> Params:
   """NamedShardings of the parameters of `Transformer(cfg)` under the logical rules."""
-  from sleep_jax.build import abstract_params
-  from sleep_jax.models.llama import Transformer
   return sharding.logical_shardings(abstract_params(Transformer(cfg)), mesh, rules)
 
 

@@ -40,23 +40,38 @@ def trainable_labels(params, trainable: str = '.*', frozen: str = '') -> Any:
   return traverse_util.unflatten_dict(labels)
 
 
+OPTIMIZERS = ('adamw', 'adam', 'sgd')
+
+
+def optimizer(name: str = 'adamw', lr=1e-3, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0, grad_clip: float = 0.0, momentum: float | None = None
+              ) -> optax.GradientTransformation:
+  """The one optimizer factory. Every phase's config block names its optimizer with these keys (a block sets
+  the ones it needs; `lr` may be an optax schedule). Global-norm clipping is chained in front iff `grad_clip`,
+  so the optimizer-state tree (what checkpoints hold) is chain(clip, opt) with clipping and opt without."""
+  if name in ('adamw', 'adam'):
+    opt = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay) if name == 'adamw' else \
+        optax.adam(lr, b1=b1, b2=b2, eps=eps)
+  elif name == 'sgd':
+    opt = optax.sgd(lr, momentum=momentum or None)
+  else:
+    raise ValueError(f'optimizer {name!r} is not one of {OPTIMIZERS}')
+  return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip else opt
+
+
 def make_optimizer(cfg, params) -> optax.GradientTransformation:
-  """AdamW (or SGD) with warmup-cosine LR, global-norm clipping, and the trainable mask from config."""
-  name = cfg.get('name', 'adamw')
+  """`config.optim` as an optimizer: `optimizer(...)` with a warmup-cosine LR and the trainable mask."""
   lr = cfg.lr
   if cfg.get('warmup_steps', 0) or cfg.get('decay_steps', 0):
     lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.get('warmup_steps', 0), 1),
                                             max(cfg.get('decay_steps', 0), cfg.get('warmup_steps', 0) + 1),
                                             end_value=cfg.lr * cfg.get('end_lr_frac', 0.1))
-  if name == 'adamw':
-    opt = optax.adamw(lr, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.95), eps=cfg.get('eps', 1e-8),
-                      weight_decay=cfg.get('weight_decay', 0.0))
-  elif name == 'sgd':
-    opt = optax.sgd(lr, momentum=cfg.get('momentum', None) or None)
-  else:
-    raise ValueError(f"optim.name={name!r} is not one of 'adamw', 'sgd'")
-  if cfg.get('grad_clip', 0.0):
-    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  name = cfg.get('name', 'adamw')
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optim.name={name!r} is not one of {OPTIMIZERS}")
+  opt = optimizer(name, lr, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.95), eps=cfg.get('eps', 1e-8),
+                  weight_decay=cfg.get('weight_decay', 0.0), grad_clip=cfg.get('grad_clip', 0.0),
+                  momentum=cfg.get('momentum', None))
   return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, optimizer_labels(cfg, params))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from configs import sleep as sleep_config
 from experiments.benchmarks import fuzz
-from sleep_jax import jobs
+from sleep_jax import jobs, runtime
 from sleep_jax.io import load_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_every_shipped_config_validates():
                        'multi_passage_ki'):
     mod = importlib.import_module(f'configs.{name}')
     for variant in ('', 'smoke'):
-      jobs.validate(mod.get_config(variant), check_job=name in jobs_)
+      (jobs.validate if name in jobs_ else runtime.validate)(mod.get_config(variant))
 
 
 def test_experiments_check_their_config_before_anything_else():

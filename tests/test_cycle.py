@@ -13,6 +13,7 @@ from sleep_jax import build as build_lib
 from sleep_jax import jobs
 from sleep_jax.data import documents
 from sleep_jax import cycle as cycle_lib
+from sleep_jax import runtime
 from tests import helpers
 
 PROBE = ['The quick brown fox jumps over the lazy dog. ' * 20]
@@ -34,7 +35,7 @@ def _flat(t):
 
 def _cycle(c, workdir):
   b = build_lib.build(c, mesh=helpers.mesh())
-  return cycle_lib.Cycle(c, str(workdir), b, PROBE), b
+  return cycle_lib.Cycle(runtime.Runtime(c, b), str(workdir), PROBE), b
 
 
 def test_sleep_job_smoke(tmp_path):
@@ -78,7 +79,7 @@ def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch,
   """Killed after a saved Knowledge Seeding update, or after a saved Dreaming round: the resumed run ends with
   exactly the parameters of an uninterrupted one."""
   c = _config(dream=stage == 'dream', steps=3)
-  docs = jobs.load_docs(c)
+  docs = documents.load_docs(c.knowledge, c.seed)
   ref, _ = _cycle(c, tmp_path / 'ref')
   ref.run(docs)
 
@@ -100,7 +101,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_position(tmp_pat
   exactly the parameters of an uninterrupted run."""
   import os
   c = _config(steps=4)
-  docs = jobs.load_docs(c)
+  docs = documents.load_docs(c.knowledge, c.seed)
   ref, _ = _cycle(c, tmp_path / 'ref')
   ref.run(docs)
   _stop_after_save(c, docs, tmp_path / 'cut', monkeypatch, lambda pos: pos.get('ks_step') == 2)
@@ -137,7 +138,7 @@ def test_nan_in_wake_stops_naming_phase_step_and_quantity(tmp_path, monkeypatch)
   _poison_doc(monkeypatch, 1)
   cyc, _ = _cycle(c, tmp_path)
   with pytest.raises(NonFiniteError, match=r"^wake: non-finite loss=nan, grad_norm=nan at step 2 \(document 1, "):
-    cyc.run(jobs.load_docs(c))
+    cyc.run(documents.load_docs(c.knowledge, c.seed))
   assert cyc.rt.ckpt.latest_step() == 1                                # the state after document 0, intact
 
 
@@ -150,7 +151,7 @@ def test_nan_skipped_in_wake_and_in_knowledge_seeding_rewards(tmp_path, monkeypa
   monkeypatch.setattr(rewards, 'lti_reward', lambda r_sem, r_abs, gamma: np.full_like(r_abs, np.nan))
   cyc, b = _cycle(c, tmp_path)
   before = _flat(b.params)
-  events = cyc.run(jobs.load_docs(c))
+  events = cyc.run(documents.load_docs(c.knowledge, c.seed))
   assert dict(cyc.guard.skipped) == {'wake': 1, 'sleep/knowledge-seeding': 2}
   ks = [e for e in events if e.get('event') == 'ks_step']
   assert [e['skipped'] for e in ks] == [1.0, 1.0]
@@ -204,7 +205,7 @@ def test_dreaming_that_hurts_retention_is_dropped_but_consolidation_kept(tmp_pat
     return out
 
   cyc._dream = _dream
-  events = cyc.run(jobs.load_docs(c))
+  events = cyc.run(documents.load_docs(c.knowledge, c.seed))
   sleep = [e for e in events if e.get('event') == 'sleep'][0]
   assert sleep['committed'] and not sleep['dream_committed'] and 'without the dreams' in sleep['dream_why']
   got = _flat(cyc.state['params'])
@@ -218,7 +219,7 @@ def test_safe_sleep_rejects_a_regression_and_keeps_the_pre_sleep_state(tmp_path)
     c.sleep.max_probe_regression = -1.0      # any sleep "regresses": the guard must reject it
   cyc, b = _cycle(c, tmp_path)
   before = _flat(b.params)
-  events = cyc.run(jobs.load_docs(c))
+  events = cyc.run(documents.load_docs(c.knowledge, c.seed))
   sleep = [e for e in events if e.get('event') == 'sleep'][0]
   assert not sleep['committed'] and 'kept the pre-sleep state' in sleep['why']
   after = _flat(cyc.state['params'])
@@ -234,7 +235,7 @@ def test_protocol_consolidates_level_0_into_level_1_at_its_boundary(tmp_path):
     c.cycle.update(dict(protocol=True, docs_per_sleep=100, sleep_at_end=False))
     c.knowledge.n_docs = 4
   cyc, _ = _cycle(c, tmp_path)
-  events = cyc.run(jobs.load_docs(c))
+  events = cyc.run(documents.load_docs(c.knowledge, c.seed))
   sleeps = [e for e in events if e.get('event') == 'sleep']
   assert [(e['kind'], e['committed']) for e in sleeps] == [('protocol', True)]
   assert np.asarray(cyc.state['cms']['layers_1']['mlp']['active']).sum() == 1   # the receiver's new expert
@@ -249,11 +250,11 @@ def test_user_documents_through_the_config(tmp_path):
   c = _config()
   with c.unlocked():
     c.knowledge.documents = str(path)
-  docs = jobs.load_docs(c)
+  docs = documents.load_docs(c.knowledge, c.seed)
   assert [d['id'] for d in docs] == ['doc-00001', 'x2'] and docs[0]['questions'][0]['answer'] == 'teal'
   path.write_text('{"text": "ok"}\nnot json\n{"qa": []}\n')
   with pytest.raises(ValueError, match=r'mine.jsonl:2:.*\n.*mine.jsonl:3:'):
-    jobs.load_docs(c)
+    documents.load_docs(c.knowledge, c.seed)
   assert documents.load_jsonl  # the loader the job uses
 
 

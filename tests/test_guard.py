@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from configs import lm as lm_config
 from sleep_jax import checkpoint, guard, jobs
+from sleep_jax.data.lm import LMBatches
 
 
 def test_guard_messages_and_counts():
@@ -34,7 +35,7 @@ def test_in_jit_helpers():
 
 def _poisoned(bad_step):
   """LMBatches whose batch for `bad_step` (1-based) has NaN weights: a NaN loss and NaN gradients."""
-  real = jobs.LMBatches.__call__
+  real = LMBatches.__call__
 
   def call(self, step):
     b = real(self, step)
@@ -61,7 +62,7 @@ def _params(workdir, step):
 
 
 def test_lm_nan_stops_naming_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, devices8):
-  monkeypatch.setattr(jobs.LMBatches, '__call__', _poisoned(3))
+  monkeypatch.setattr(LMBatches, '__call__', _poisoned(3))
   with pytest.raises(guard.NonFiniteError, match=r'^lm: non-finite loss=nan, grad_norm=nan at step 3'):
     jobs.lm(_lm_config("stop"), str(tmp_path))     # checked before every checkpoint (every=1)
   assert checkpoint.latest_step(tmp_path) == 2     # nothing from step 3 on was saved
@@ -69,7 +70,7 @@ def test_lm_nan_stops_naming_step_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 
 def test_lm_nan_skipped_leaves_the_state_unchanged_and_is_counted(tmp_path, monkeypatch, devices8):
-  monkeypatch.setattr(jobs.LMBatches, '__call__', _poisoned(3))
+  monkeypatch.setattr(LMBatches, '__call__', _poisoned(3))
   res = jobs.lm(_lm_config('skip'), str(tmp_path))
   assert res['nonfinite_skips'] == {'lm': 1}
   assert json.loads((tmp_path / 'results.json').read_text())['nonfinite_skips'] == {'lm': 1}

@@ -5,6 +5,7 @@ import pytest
 
 from sleep_jax import jobs, sharding, train
 from sleep_jax.build import build
+from sleep_jax.data.lm import LMBatches
 from tests.helpers import mesh, run_interrupted, tiny_config
 
 
@@ -19,7 +20,7 @@ def run_steps(m, n_steps=5, optim=None):
   state = jax.device_put(state, shard)
   bsh = sharding.batch_sharding(m, b.rules)
   step = train.make_train_step(b.model, tx, shard, bsh)
-  batches = jobs.LMBatches(config, b.tokenizer, b.cfg.vocab_size)
+  batches = LMBatches(config, b.tokenizer, b.cfg.vocab_size)
   init_params = jax.device_get(b.params)
   losses = []
   for i in range(n_steps):

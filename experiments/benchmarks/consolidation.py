@@ -36,25 +36,19 @@ def setup(smoke: bool, eos_ids=None) -> dict:
   replaces the sampler's stop tokens (benchmarks pass [-1] so every completion has max_new_tokens tokens)."""
   import jax
   from configs import sleep as sleep_config
-  from sleep_jax import build as build_lib
-  from sleep_jax import jobs
+  from sleep_jax import runtime
+  from sleep_jax.data import documents
   from sleep_jax.phases import consolidate as ks
-  from sleep_jax.rewards import Judge
 
   config = sleep_config.get_config('smoke' if smoke else '')
-  b = build_lib.build(config)
-  tok = b.tokenizer
-  sampler = jobs.make_sampler(b, config)
-  if eos_ids is not None:
-    sampler.eos_ids = tuple(eos_ids)
-  kcfg = ks.KSConfig.from_config(config.sleep.ks)
-  judge = Judge(b.model, tok, prompt_buckets=config.sampling.prompt_buckets) if kcfg.gamma > 0 else None
-  seeder = ks.Seeder(b.model, kcfg, tok, sampler, judge=judge)
-  layers = ks.layers_of_level(jobs.wake_config(config, b.cfg), config.sleep.receiver_level)
+  rt = runtime.Runtime(config, eos_ids=eos_ids)
+  b, tok, sampler, seeder = rt.b, rt.tokenizer, rt.sampler, rt.seeder()
+  kcfg, judge = seeder.kcfg, seeder.judge
+  layers = rt.layers()
   sp, cms, index = ks.expand_student(b.params, b.cms, layers)
   view = ks.View(layers, True)
   teacher, student = {'params': b.params, 'cms': b.cms}, {'params': sp, 'cms': cms}
-  docs = jobs.load_docs(config)[:1]
+  docs = documents.load_docs(config.knowledge, config.seed)[:1]
   items = ks.context_items(tok, docs, tuple(config.sleep.templates), 0, config.sleep.prefix_prompts)
   items = items[:kcfg.prompts_per_step]
   samples = seeder.teacher_samples(teacher, items, jax.random.key(0))

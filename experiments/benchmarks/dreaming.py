@@ -34,21 +34,20 @@ def bench_model(name, reps, n_dreams, split_round=True):
   import jax
   import numpy as np
   from configs import sleep as sleep_config
-  from sleep_jax import build as build_lib
-  from sleep_jax import jobs
+  from sleep_jax import runtime
+  from sleep_jax.data import documents
   from sleep_jax.phases import consolidate as ks
   from sleep_jax.phases import dream
 
   config = sleep_config.get_config('smoke' if name == 'tiny' else '')
-  b = build_lib.build(config)
-  dd = dict(config.sleep.dream)
-  dd.update(n_dreams=n_dreams, top_k=n_dreams, n_random=0)
-  dcfg = dream.DreamConfig.from_config(dd)
-  dr = dream.Dreamer(b.model, dcfg, b.tokenizer, jobs.make_sampler(b, config))
-  layers = ks.layers_of_level(jobs.wake_config(config, b.cfg), config.sleep.receiver_level)
+  rt = runtime.Runtime(config)
+  b = rt.b
+  dr = rt.dreamer(rt.dream_config(n_dreams=n_dreams, top_k=n_dreams, n_random=0))
+  dcfg = dr.dcfg
+  layers = rt.layers()
   params, cms, index = ks.expand_student(b.params, b.cms, layers)
   view = ks.View(layers, True)
-  task = dream.knowledge_task(jobs.load_docs(config)[0], dcfg.probe_rows)
+  task = dream.knowledge_task(documents.load_docs(config.knowledge, config.seed)[0], dcfg.probe_rows)
   f = dr.fns(view)
   ys, which = dr.generate(params, cms, task, jax.random.key(0))
   rows = jax.tree.map(lambda x: x[:, None], dr.dream_rows(task, ys, which, n_dreams))
@@ -79,7 +78,7 @@ def bench_model(name, reps, n_dreams, split_round=True):
          'vmapped_gflop': flops_v / 1e9, 'loop_gflop': flops_l / 1e9,
          'vmapped_gflops': flops_v / t_v / 1e9, 'loop_gflops': flops_l / t_l / 1e9}
   if name != 'tiny' and split_round:   # one whole round, split (after a warm-up round)
-    dr2 = dream.Dreamer(b.model, dream.DreamConfig.from_config(config.sleep.dream), b.tokenizer, dr.sampler)
+    dr2 = rt.dreamer()
     st = dr2.init_state(params, index, view)
     st, _ = dr2.round(st, params, cms, index, view, task, jax.random.key(1))
     st, info = dr2.round(st, params, cms, index, view, task, jax.random.key(2))

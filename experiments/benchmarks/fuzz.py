@@ -233,7 +233,7 @@ def main(argv):
 
   import jax
 
-  from sleep_jax.jobs import write_json
+  from sleep_jax.results import write_json
   t0 = time.perf_counter()
   res = run(_EXAMPLES.value, seed=_SEED.value)
   lines = [f'Fuzzing the model-file parsers: {_EXAMPLES.value} hypothesis inputs per parser (seed {_SEED.value}), '

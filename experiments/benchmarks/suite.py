@@ -614,7 +614,7 @@ def main(argv):
     else:
       print('gpu: skipped (no GPU backend here)')
   print('\n' + table(res))
-  from sleep_jax.jobs import write_json
+  from sleep_jax.results import write_json
   write_json(F.out, res)
   print(f'\nwrote {F.out}')
 

@@ -36,7 +36,10 @@ import json
 import os
 from typing import Any, Iterable
 
+import numpy as np
 from etils import epath
+
+from sleep_jax.data import knowledge
 
 SPLIT = 'user'
 TITLE_CHARS = 60
@@ -269,3 +272,25 @@ def write_jsonl(passages: Iterable[dict], path: str | os.PathLike) -> None:
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+def load_docs(k, seed: int) -> list[dict]:
+  """The documents to read while awake, from a `config.knowledge` block: a user's JSONL file (`documents`), or
+  `n_docs` generated passages of `split` in an order chosen by `seed`. 'test' is held out: final evaluation
+  only, with `allow_test=True`."""
+  if k.documents:
+    docs = load_jsonl(k.documents)
+  else:
+    docs = knowledge.generate(k.split, seed=k.data_seed, allow_test=k.allow_test)
+    order = np.random.default_rng([seed, 0x5ee9]).permutation(len(docs))
+    docs = [docs[i] for i in order]
+  docs = docs[:k.n_docs] if k.n_docs else docs
+  return cut_docs(docs, k.max_doc_chars)
+
+
+def cut_docs(docs: list[dict], max_chars: int) -> list[dict]:
+  """Fit small context windows: cut each text at the last sentence end before `max_chars` (0: unchanged)."""
+  if not max_chars:
+    return docs
+  cut = lambda t: t if len(t) <= max_chars else t[:max(t.rfind('.', 0, max_chars) + 1, 1) or max_chars]
+  return [dict(d, text=cut(d['text'])) for d in docs]

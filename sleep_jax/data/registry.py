@@ -1,17 +1,43 @@
-"""The project's datasets: one `tfds_builders.Spec` each, over a package-shipped corpus or a generator.
+"""The project's datasets: one `Spec` each, over a package-shipped corpus or a generator (tfds_builders.py builds
+them).
 
 Sizes here are the built datasets' sizes (README lists them). A dataset's version is its generator's
 VERSION, plus a suffix for the sizes chosen here, so changing either rebuilds it.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, Iterable
+
 from sleep_jax.data import splits
-from sleep_jax.data.tfds_builders import Spec, register
 
 SEED = 0          # generator seed of the built datasets; other seeds are for ad-hoc studies
 LANG_PAIRS = {'train': 2000, 'validation': 300, 'test': 500}      # per language
 LONG_ITEMS = {'train': 20, 'validation': 5, 'test': 10}           # per kind, cycling over 4x..64x
 LONG_WINDOW = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  name: str
+  version: Callable[[], str]                         # lazily read, so importing this module stays cheap
+  records: Callable[[str], Iterable[dict]]           # split -> records, each with a unique 'id'
+  description: str
+  source: str
+
+
+REGISTRY: dict[str, Spec] = {}
+
+
+def register(spec: Spec) -> Spec:
+  REGISTRY[spec.name] = spec
+  return spec
+
+
+def get_spec(name: str) -> Spec:
+  if name not in REGISTRY:
+    raise KeyError(f'unknown dataset {name!r}; known: {sorted(REGISTRY)}')
+  return REGISTRY[name]
 
 
 def _knowledge(split):

@@ -13,29 +13,11 @@ datasets keeps the builders to a single class factory instead of one feature spe
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Callable, Iterable
 
+from sleep_jax.data.registry import REGISTRY, Spec, get_spec  # noqa: F401  (REGISTRY: the datasets' API)
 from sleep_jax.data.splits import SPLITS, check_split
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-  name: str
-  version: Callable[[], str]                         # lazily read, so importing this module stays cheap
-  records: Callable[[str], Iterable[dict]]           # split -> records, each with a unique 'id'
-  description: str
-  source: str
-
-
-REGISTRY: dict[str, Spec] = {}
-
-
-def register(spec: Spec) -> Spec:
-  REGISTRY[spec.name] = spec
-  return spec
 
 
 def data_dir() -> str:
@@ -78,13 +60,6 @@ def builder_class(spec: Spec):
   _Builder.name = spec.name
   _BUILDERS[key] = _Builder
   return _Builder
-
-
-def get_spec(name: str) -> Spec:
-  from sleep_jax.data import registry  # noqa: F401  (registers the project's datasets)
-  if name not in REGISTRY:
-    raise KeyError(f'unknown dataset {name!r}; known: {sorted(REGISTRY)}')
-  return REGISTRY[name]
 
 
 def prepare(name: str):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleep_jax.models.llama import MLP, ModelConfig, _init, _param
+from sleep_jax.models.layers import MLP, ModelConfig, _init, _param
 
 Params = Any
 CmsState = Any

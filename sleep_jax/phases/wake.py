@@ -174,9 +174,7 @@ def _needs_acc(keys, period: int) -> bool:
 
 
 def make_level_optimizer(wcfg: WakeConfig, lr: float) -> optax.GradientTransformation:
-  if wcfg.optimizer == 'sgd':
-    return optax.sgd(lr)
-  return optax.adamw(lr, b1=wcfg.b1, b2=wcfg.b2, eps=wcfg.eps, weight_decay=wcfg.weight_decay)
+  return train.optimizer(wcfg.optimizer, lr, b1=wcfg.b1, b2=wcfg.b2, eps=wcfg.eps, weight_decay=wcfg.weight_decay)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""Language-model training batches by step: seeded synthetic copy-task rows, or a resumable grain pipeline."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class LMBatches:
+  """Training batches by step. 'synthetic': a pure function of (seed, step), seeded copy-task rows.
+  'tfds': a grain pipeline (packed rows with segment ids) over a project dataset, whose iterator state
+  goes into every checkpoint so a resumed run sees exactly the batches an uninterrupted one would."""
+
+  def __init__(self, config, tokenizer, vocab_size: int):
+    d = config.data
+    self.source, self.seed, self.B, self.L = d.source, config.seed, d.batch_size, d.seq_len
+    self.lo, self.vocab_size = getattr(tokenizer, 'sep_id', 3) + 1, vocab_size
+    self._it = None
+    if d.source == 'tfds':   # imported here: TensorFlow/TFDS take seconds to import and only this source needs them
+      from sleep_jax.data import pipeline, tfds_builders
+      self._pipeline = pipeline
+      src = tfds_builders.load(d.dataset, d.split)        # 'test' refuses: training never reads it
+      self._it = iter(pipeline.lm_dataset(src, tokenizer, text_key=d.text_key, seq_len=self.L,
+                                          batch_size=self.B, seed=self.seed))
+    elif d.source != 'synthetic':
+      raise ValueError(f"data.source={d.source!r} is not one of 'synthetic', 'tfds'")
+
+  def __call__(self, step: int) -> dict:
+    if self._it is not None:
+      return next(self._it)
+    r = np.random.default_rng([self.seed, step])
+    half = r.integers(self.lo, self.vocab_size, size=(self.B, self.L // 2 + 1))
+    return lm_dict(np.concatenate([half, half], axis=1)[:, : self.L + 1])   # second half copies the first
+
+  def state(self) -> dict:
+    return {'grain': self._pipeline.get_state(self._it)} if self._it is not None else {}
+
+  def restore(self, state: dict | None) -> None:
+    if self._it is not None:
+      if not state or 'grain' not in state:
+        raise ValueError('checkpoint has no data-iterator state but data.source is tfds; '
+                         'it was written by a run with another data.source')
+      self._pipeline.set_state(self._it, state['grain'])
+
+
+def lm_dict(seq):
+  seq = np.asarray(seq, np.int32)
+  return {'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': np.ones(seq[:, 1:].shape, np.float32)}
