@@ -12,7 +12,6 @@ An experiment entry point (experiments/<name>.py) holds only its protocol: which
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Sequence

@@ -63,6 +63,23 @@ def test_sleep_uses_one_new_expert_per_receiver_layer(lab):
     lab.finetune(lab.params, lab.cms, [], steps=1, lr=1e-3, seed=0)
 
 
+def test_config_guard_reaches_an_experiments_sleep_and_fine_tuning(lab, monkeypatch):
+  """config.guard (default 'stop') is the runtime's guard in every experiment: a NaN reward in a sleep, or a
+  NaN loss in a fine-tuning baseline, stops it with the phase and step named."""
+  from sleep_jax import rewards
+  from sleep_jax.guard import NonFiniteError
+  docs = [{'id': 'a', 'title': 'Zorb', 'text': 'Zorb is a town by the sea. It has red roofs and a tall tower.'}]
+  with monkeypatch.context() as m:
+    m.setattr(rewards, 'lti_reward', lambda r_sem, r_abs, gamma: np.full_like(r_abs, np.nan))
+    with pytest.raises(NonFiniteError, match=r'^sleep/knowledge-seeding: non-finite .*=nan.* at step 1'):
+      lab.sleep(lab.params, lab.cms, docs, seed=0, steps=1)
+    real = common.Lab.sft_batch
+    m.setattr(common.Lab, 'sft_batch', lambda self, pairs, seq_len: dict(
+        real(self, pairs, seq_len), weights=np.full((8, seq_len), np.nan, np.float32)))
+    with pytest.raises(NonFiniteError, match=r'^fine-tune: non-finite loss=nan at step 1'):
+      lab.finetune(lab.params, lab.cms, [(None, 'Zorb has red roofs.')], steps=1, lr=1e-3, seed=0)
+
+
 def test_mean_sd():
   assert common.mean_sd([1.0, 3.0]) == '2.0 ± 1.4' and common.mean_sd([2.0]) == '2.0 ± 0.0'
 

@@ -16,7 +16,8 @@ import jax.extend
 import jax.numpy as jnp
 
 from sleep_jax.models.cms import CMSMLP
-from sleep_jax.models.layers import MLP, Attention, ModelConfig, RMSNorm, rope  # noqa: F401  (the model's API)
+from sleep_jax.models.layers import (MLP, Attention, ModelConfig, RMSNorm, _init, _param,  # noqa: F401
+                                     rope)  # rope, Attention: part of this module's API (tests import them here)
 
 Cache = list  # one {'k': [B,K,T,E], 'v': [B,K,T,E]} per layer
 
