@@ -49,7 +49,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.sleep.ks.update(dict(
       steps=6,                 # Knowledge Seeding updates per language (1 translation prompt x 4 samples each)
       gamma=0.0,               # no judge: r_abs (Levenshtein to the teacher's translation) only; the SmolLM2 judge
-                               # scores unrelated pairs like identical ones (README), and it costs a forward
+                               # scores unrelated pairs like identical ones (docs/design.md, Decisions), and it costs a forward
       max_new_tokens=32))
   if arg == 'smoke':
     # byte tokenizer: the ~1.8k-character book is cut to 250 bytes to fit the tiny model's 512 positions

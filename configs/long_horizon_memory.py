@@ -48,7 +48,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.model.n_experts = max(c.lhm.multipliers) - 1
   # Knowledge Seeding per sleep, sized for cost (measured with SmolLM2 on the loaded 2-core machine: one sleep
   # of 2 updates ~60 s + ~65 s to compile the update for each new layer group): 2 updates of 1 prompt x
-  # (1 teacher + 2 student) rows, 16 new tokens; gamma = 0 drops the judge's r_sem (README: the frozen 135M
+  # (1 teacher + 2 student) rows, 16 new tokens; gamma = 0 drops the judge's r_sem (docs/design.md, Decisions: the frozen 135M
   # judge scored identical and unrelated pairs alike) and its extra forward pass.
   c.sleep.ks.update(dict(steps=2, prompts_per_step=1, group_size=2, max_new_tokens=16, gamma=0.0))
   c.sleep.dream.enabled = False  # consolidation only: Dreaming would multiply the cost per sleep

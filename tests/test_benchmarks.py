@@ -1,5 +1,5 @@
 """The performance suite's CI-size checks: compilation counts that must not grow with run length, and the suite's
-report on the tiny model (no timings are asserted: machines are shared; the ratios are in README's table)."""
+report on the tiny model (no timings are asserted: machines are shared; the ratios are in docs/performance.md's table)."""
 import pytest
 
 from experiments.benchmarks import suite

@@ -1,7 +1,7 @@
 """The project's datasets: one `Spec` each, over a package-shipped corpus or a generator (tfds_builders.py builds
 them).
 
-Sizes here are the built datasets' sizes (README lists them). A dataset's version is its generator's
+Sizes here are the built datasets' sizes (docs/data.md lists them). A dataset's version is its generator's
 VERSION, plus a suffix for the sizes chosen here, so changing either rebuilds it.
 """
 from __future__ import annotations

@@ -64,7 +64,7 @@ class KSConfig:
   divergence: str = 'jsd'         # 'jsd' (generalised JSD(beta)) | 'fkl' | 'rkl'
   beta: float = 0.5
   # r = gamma * r_sem + (1 - gamma) * r_abs. The default judge (frozen SmolLM2-135M) scored identical and
-  # unrelated pairs alike (p_yes ~0.2 for both, docs/judge.md), so r_sem is mostly noise here: 0.1.
+  # unrelated pairs alike (p_yes ~0.2 for both, docs/design.md, Decisions), so r_sem is mostly noise here: 0.1.
   gamma: float = 0.1
   z0_frac: float = 0.5            # r_abs threshold: lev <= z0_frac * max length, else 0
   reward_unit: str = 'token'      # Levenshtein over 'token's or 'char's

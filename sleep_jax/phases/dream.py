@@ -60,7 +60,7 @@ class DreamConfig:
   selection: str = 'cosine'       # 'cosine' (to the probe gradient) | 'norm' | 'random' (no gradient selection)
   random_expert: bool = True      # each dream row switches on one random inactive expert per block
   # The random experts' B is scaled by this while dreaming; at its init scale (1) it barely moves SmolLM2
-  # (docs/); > 1 not yet measured.
+  # (docs/experiments.md); > 1 not yet measured.
   expert_scale: float = 1.0
   rounds: int = 2                 # ReST-EM outer rounds
   max_new_tokens: int = 48
