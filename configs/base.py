@@ -49,3 +49,18 @@ def base_config() -> mlc.ConfigDict:
   # state is checkpointed) or 'skip' (the step leaves the state unchanged; counted; more than max_skips stops).
   c.guard = mlc.ConfigDict(dict(nonfinite='stop', max_skips=10))
   return c
+
+
+def finetune_fields() -> mlc.ConfigDict:
+  """`config.finetune`: the fine-tuning baselines every experiment compares sleep against (Lab.finetune; one
+  block, each experiment config overrides the values it needs). The optimizer is `config.optim` (AdamW) with
+  these `lr` and `trainable`; the loss is next-token CE on the target (chat pairs) or on all of a plain text.
+  The defaults are the single-passage knowledge-incorporation baseline (experiments/knowledge_incorporation.py)."""
+  return mlc.ConfigDict(dict(
+      steps=8,            # AdamW updates (per fine-tuning call: per passage, stage, window or language)
+      lr=3e-5,            # learning rate (replaces optim.lr)
+      batch_size=1,       # training rows per update, drawn in a seeded order (rows are padded to the mesh)
+      seq_len=0,          # row length in tokens; 0 = cycle.seq_len
+      trainable='.*',     # regex over parameter paths ('layers_3/mlp/w_up'); replaces optim.trainable
+      ewc_lambda=0.0))    # EWC penalty weight lambda/2 sum_i F_i (theta_i - theta*_i)^2, for experiments with an
+                          # EWC row (class_incremental); plain fine-tuning never adds it

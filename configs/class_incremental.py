@@ -34,23 +34,25 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       score_chunk=32,               # candidate rows per scoring call (prefix-cached scorer)
       # (1) in-context learning: k labelled train examples per seen class in the prompt, k as large as fits.
       icl_max_k=4, icl_max_tokens=900,
-      # (2) fine-tuning (AdamW) on each stage's train utterances -> label names, chained over stages. All weights
-      # of the top 6 of 30 layers (the backward pass stops there: ~4x cheaper than all weights on CPU); a priori.
-      ft_steps=4, ft_lr=1e-4, ft_batch=4, ft_seq_len=96, ft_trainable=r'layers_(2[4-9])/',
-      # (3) EWC: + lambda/2 sum F (theta - theta_prev)^2, Fisher from n examples of the previous stages' data at
-      # the previous stage's weights. lambda chosen on 'validation' (ewc_lambdas tried; see the module docstring).
-      ewc_lambda=1e6, ewc_lambdas=(1e4, 1e7), fisher_examples=4,   # ewc_lambda: used unless --ewc_select
+      # (2) fine-tuning: config.finetune below. (3) EWC: + lambda/2 sum F (theta - theta_prev)^2, Fisher from n
+      # examples of the previous stages' data at the previous stage's weights. lambda (finetune.ewc_lambda) is
+      # chosen on 'validation' among ewc_lambdas (see the module docstring).
+      ewc_lambdas=(1e4, 1e7), fisher_examples=4,
       select_eval_per_class=4,      # --ewc_select: validation utterances per class (stages 1-2)
       # (4) sleep: each stage's document = the stage's class descriptions + doc_per_class "utterance -> label"
       # lines per class; KS student prompts are other train utterances of the stage in the classification
       # prompt (teacher: the same prompt after the document, i.e. in-context learning distilled into a new
       # expert). docs_per_stage documents with disjoint example lines, sleep_prompts student prompts in all.
       doc_per_class=2, docs_per_stage=2, sleep_prompts=6))
+  # (2) fine-tuning (AdamW) on each stage's train utterances -> label names, chained over stages. All weights
+  # of the top 6 of 30 layers (the backward pass stops there: ~4x cheaper than all weights on CPU); a priori.
+  # ewc_lambda: the EWC row's lambda unless --ewc_select / --ewc_lambda_from choose it.
+  c.finetune.update(dict(steps=4, lr=1e-4, batch_size=4, seq_len=96, trainable=r'layers_(2[4-9])/', ewc_lambda=1e6))
   if arg == 'smoke':
     c.sleep.ks.update(dict(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=8))
     c.ci.update(dict(n_stages=2, eval_per_class=1, score_chunk=8, icl_max_k=1, icl_max_tokens=1000,
-                     ft_steps=2, ft_batch=4, ft_seq_len=256, ft_trainable='.*', ewc_lambdas=(1.0, 100.0), ewc_lambda=1.0,
-                     fisher_examples=2, select_eval_per_class=1, doc_per_class=1, docs_per_stage=1, sleep_prompts=2))
+                     ewc_lambdas=(1.0, 100.0), fisher_examples=2, select_eval_per_class=1, doc_per_class=1, docs_per_stage=1, sleep_prompts=2))
+    c.finetune.update(dict(steps=2, batch_size=4, seq_len=256, trainable='.*', ewc_lambda=1.0))
     c.model.n_experts = 2
     c.model.max_seq_len = 2048
     c.sampling.prompt_buckets = (64, 128, 256, 512, 768, 1024)   # bytes: a document is ~300-700 tokens

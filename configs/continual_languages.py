@@ -37,11 +37,12 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       book_max_tokens=0,       # 0: the whole (vocabulary-restricted) book; else cut at an entry boundary
       max_new_tokens=32,       # greedy translation length (the longest English test sentence is ~15 tokens)
       eval_batch=8,            # translations generated per sampler call
-      # fine-tuning baseline (row 'finetune'): AdamW on all weights, the same material as the sleep (the book as
-      # plain text + the train sentences with their gold translations), chosen a priori, not tuned on test;
-      ft_steps=6, ft_lr=1e-4, ft_batch=4, ft_seq_len=128,   # the book goes in as <=128-token runs of lines
       # 'alone': single-language reference, the base model + that language only, with these methods
       alone_methods=('sleep', 'finetune')))   # (Dreaming, dream.language_task, is not run by this experiment)
+  # fine-tuning baseline (row 'finetune'): AdamW on all weights, the same material as the sleep (the book as plain
+  # text + the train sentences with their gold translations), chosen a priori, not tuned on test; the book goes
+  # in as <= finetune.seq_len-token runs of lines.
+  c.finetune.update(dict(steps=6, lr=1e-4, batch_size=4, seq_len=128))
   c.model.n_experts = 3        # one new expert per receiver layer per stage: >= len(languages.names)
   # Book + instruction must fit a prompt bucket (the 640 one), and bucket + generation <= model.max_seq_len.
   c.sampling.prompt_buckets = (64, 128, 640)
@@ -54,8 +55,8 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   if arg == 'smoke':
     # byte tokenizer: the ~1.8k-character book is cut to 250 bytes to fit the tiny model's 512 positions
     c.languages.update(dict(names=('tamu', 'grevok', 'ishqa'), n_test=2, n_train=2, book_examples=1,
-                            book_max_tokens=250, max_new_tokens=8, sentence_pool=3000, eval_batch=8, ft_steps=2,
-                            ft_seq_len=128))
+                            book_max_tokens=250, max_new_tokens=8, sentence_pool=3000, eval_batch=8))
+    c.finetune.update(dict(steps=2, seq_len=128))
     c.model.update(dict(n_experts=3, max_seq_len=512))
     c.sampling.prompt_buckets = (384,)   # one bucket each: fewer compilations (the tiny model is cheap to pad)
     c.sampling.gen_buckets = (8,)

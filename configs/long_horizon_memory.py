@@ -35,15 +35,15 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       levels=(1, 2, 3),          # the sleep rows: number of CMS levels
       level_factor=2,            # level l sleeps every level_factor^l dropped windows (C^(l) divides C^(l+1))
       answer_tokens=32,          # greedy answer length
-      ft_steps=2,                # continual fine-tuning: AdamW updates on each dropped window (all weights; as
-                                 # many updates as one sleep's KS steps)
-      ft_lr=1e-4,                # its learning rate (a priori: 3e-5 of the KI experiment x ~3 for so few steps)
-      ft_seq_len=192,            # fine-tuning row length in tokens (a window is ~window tokens + a sentence)
       # Knowledge Seeding prompts for a window (PAPER sec. 3 default: prefixes of the wake context, plus a
       # task-style instruction that does not name any key): the teacher reads the window, the student does not.
       templates=('List the facts, names and numbers stated in the text.', 'Complete the sentence: {prefix}'),
       prefix_prompts=1,          # sentence-prefix prompts per window (2 prompts per window = 2 KS steps' worth)
   ))
+  # Continual fine-tuning (row 'finetune'): each dropped window, as one plain-text row, gets `steps` AdamW updates
+  # of all weights (as many as one sleep's KS steps); lr a priori: 3e-5 of the KI experiment x ~3 for so few steps;
+  # seq_len: a window is ~window tokens + a sentence.
+  c.finetune.update(dict(steps=2, lr=1e-4, batch_size=1, seq_len=192))
   # Expert pool: level 0 sleeps once per dropped window, so it needs max(multipliers) - 1 slots.
   c.model.n_experts = max(c.lhm.multipliers) - 1
   # Knowledge Seeding per sleep, sized for cost (measured with SmolLM2 on the loaded 2-core machine: one sleep
@@ -54,8 +54,8 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.sleep.dream.enabled = False  # consolidation only: Dreaming would multiply the cost per sleep
   c.sampling.prompt_buckets = (32, 64, 128, 256, 512, 1024)   # full_context reads the whole stream (~4 x 128)
   if arg == 'smoke':
-    c.lhm.update(dict(window=160, multipliers=(2, 3), depths=(0.1, 0.9), answer_tokens=8, ft_steps=1,
-                      ft_seq_len=96, prefix_prompts=1))
+    c.lhm.update(dict(window=160, multipliers=(2, 3), depths=(0.1, 0.9), answer_tokens=8, prefix_prompts=1))
+    c.finetune.update(dict(steps=1, seq_len=96))
     c.model.n_experts = max(c.lhm.multipliers) - 1
     c.model.update(dict(max_seq_len=1056, n_layers=3))   # 3 layers: one per level of sleep_L3
     c.sleep.ks.steps = 1

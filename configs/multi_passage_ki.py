@@ -22,13 +22,15 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
                                  # 4 is the largest whose 3 seeds fit this session's share of a shared 2-core CPU
       split='test',              # passages and their questions: held out (validation for tuning)
       ks_steps_per_passage=3,    # Knowledge Seeding updates per passage (one prompt per update)
-      ft_steps_per_passage=4,    # fine-tuning baseline: updates per passage (all weights, AdamW, next-token)
-      ft_lr=3e-5, ft_batch=2,
       seal_steps_per_passage=2,  # SEAL-style baseline: SFT steps on each passage's self-edits
       variants=('sleep', 'finetune', 'seal')))
   c.sleep.ks.prompts_per_step = 1
+  # Fine-tuning baseline (all weights, AdamW, next-token on the passage texts): here finetune.steps counts updates
+  # PER PASSAGE; a sleep on n passages is compared with finetune.steps x n updates.
+  c.finetune.update(dict(steps=4, lr=3e-5, batch_size=2, seq_len=0))
   if arg == 'smoke':
-    c.multi.update(dict(sizes=(1, 2), split='validation', ks_steps_per_passage=1, ft_steps_per_passage=1,
+    c.multi.update(dict(sizes=(1, 2), split='validation', ks_steps_per_passage=1,
                         seal_steps_per_passage=1))
+    c.finetune.steps = 1
   c.lock()
   return c

@@ -57,6 +57,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       level_of_layer=(), periods=(), lrs=(), n_levels=2, base_period=1, factor=10, lr=0.0,
       optimizer='sgd', train_other=False, other_lr=0.0))
   c.sleep = sleep_fields()
+  c.finetune = base.finetune_fields()   # the experiments' fine-tuning baseline (experiments/common.Lab.finetune)
   c.sampling.prompt_buckets = (32, 64, 128, 256, 512)
   c.sampling.gen_buckets = (16, 32, 64)
   c.checkpoint.update(dict(keep=2, sleep_every=8))

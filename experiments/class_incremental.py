@@ -15,7 +15,8 @@ Rows, after each stage s (accuracy on `ci.eval_per_class` held-out utterances of
   icl        in-context learning: the class list with descriptions and k train examples per seen class before
              the message, k as large as fits in ci.icl_max_tokens (k is reported per stage)
   finetune   all weights fine-tuned (AdamW) on stage s's train utterances -> label name, chained over stages
-  ewc        the same plus the EWC penalty lambda/2 sum_i F_i (theta_i - theta*_i)^2, theta* = the weights after
+  ewc        the same plus the EWC penalty lambda/2 sum_i F_i (theta_i - theta*_i)^2 (lambda: finetune.ewc_lambda
+             unless --ewc_select / --ewc_lambda_from / --ewc_sweep), theta* = the weights after
              stage s-1, F = diagonal Fisher at theta* from ci.fisher_examples train pairs of stages < s
              (stage 1 has no penalty, so it equals finetune's stage 1 and is reused)
   sleep      Knowledge Seeding (Lab.sleep) of stage s into one new expert per receiver layer (so n_experts >= n_stages).
@@ -238,12 +239,14 @@ class Run:
             'n': len(rows)}
 
   def pairs(self, stages) -> list[tuple[str, str]]:
-    """(prompt, label name) for every train utterance of `stages`; each must fit ci.ft_seq_len (else the label
-    would be cut off and not trained)."""
+    """(prompt, label name) for every train utterance of `stages`; each must fit finetune.seq_len (else the
+    label would be cut off and not trained)."""
     out = [(self.user(u), n) for k in stages for n in self.d['stages'][k] for u in self.d['train'][n]]
     longest = max(len(self.lab.chat(p)) + len(self.lab.tok.encode(n)) + 1 for p, n in out)
-    if longest > self.c.ft_seq_len + 1:
-      raise ValueError(f'ci.ft_seq_len={self.c.ft_seq_len} cuts off labels: the longest pair has {longest} tokens')
+    from experiments.common import finetune_settings
+    seq_len = finetune_settings(self.lab.config)['seq_len']
+    if longest > seq_len + 1:
+      raise ValueError(f'finetune.seq_len={seq_len} cuts off labels: the longest pair has {longest} tokens')
     return out
 
   def icl_context(self, s: int) -> tuple[str, int]:
@@ -321,8 +324,7 @@ def run_seed(lab, scorer, config, seed: int, split: str, methods, lambdas) -> di
       if s == 0 and ft_stage1 is not None:
         return ft_stage1
       p = base[0] if st is None else st[0]
-      p, losses = lab.finetune(p, base[1], run.pairs([s]), steps=c.ft_steps, lr=c.ft_lr, seed=seed * 100 + s,
-                               batch_size=c.ft_batch, seq_len=c.ft_seq_len, trainable=c.ft_trainable)
+      p, losses = lab.finetune(p, base[1], run.pairs([s]), seed=seed * 100 + s)   # config.finetune
       res = ((p, base[1]), {'loss_first': round(losses[0], 4), 'loss_last': round(losses[-1], 4)})
       if s == 0:
         ft_stage1 = res
@@ -340,11 +342,9 @@ def run_seed(lab, scorer, config, seed: int, split: str, methods, lambdas) -> di
         t = time.perf_counter()
         rng = np.random.default_rng([seed, s, 0x4557])
         old = run.pairs(range(s))
-        fisher = lab.fisher(prev, base[1], [old[i] for i in rng.choice(len(old), c.fisher_examples, replace=False)],
-                            seq_len=c.ft_seq_len)
+        fisher = lab.fisher(prev, base[1], [old[i] for i in rng.choice(len(old), c.fisher_examples, replace=False)])
         t_f = time.perf_counter() - t
-        p, losses = lab.finetune(prev, base[1], run.pairs([s]), steps=c.ft_steps, lr=c.ft_lr, seed=seed * 100 + s,
-                                 batch_size=c.ft_batch, seq_len=c.ft_seq_len, trainable=c.ft_trainable,
+        p, losses = lab.finetune(prev, base[1], run.pairs([s]), seed=seed * 100 + s,
                                  ewc={'params': prev, 'fisher': fisher}, ewc_lambda=lam)
         pen = float(sum(jnp.sum(f * (a - b) ** 2) for f, a, b in zip(
             jax.tree.leaves(fisher), jax.tree.leaves(p), jax.tree.leaves(prev))))
@@ -477,7 +477,7 @@ def main(argv):
   lab = Lab(config)
   print(f'built {config.model.source} in {time.perf_counter() - t_all:.0f}s', flush=True)
   scorer = PrefixScorer(lab, config.ci.score_chunk)
-  lam = config.ci.ewc_lambda
+  lam = config.finetune.ewc_lambda
   if _EWC_SELECT.value and 'ewc' in _METHODS.value:
     lam = select_lambda(lab, scorer, config, seeds[0], _WORKDIR.value)
   lambdas = tuple(config.ci.ewc_lambdas) if _EWC_SWEEP.value else (lam,)

@@ -6,7 +6,7 @@ An experiment entry point (experiments/<name>.py) holds only its protocol: which
 
   lab = Lab(config)                                   # build once per process; compiled functions are reused
   params, cms, hist = lab.sleep(params, cms, docs, seed)          # docs: [{'id', 'title', 'text'}]
-  params, losses = lab.finetune(params, cms, pairs, steps=8, lr=3e-5, seed=0)   # pairs: [(prompt | None, target)]
+  params, losses = lab.finetune(params, cms, pairs, seed=0)   # pairs: [(prompt | None, target)]; config.finetune
   texts = lab.generate(params, cms, ['Translate ...'], max_new_tokens=32)
   lp = lab.score(params, cms, 'Which intent? ...', ['book a flight', 'check balance'])   # sum log p per candidate
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Sequence
 
 import jax
@@ -105,60 +106,62 @@ class Lab:
       out['inputs'][r, :k], out['targets'][r, :k], out['weights'][r, :k] = ids[:-1], ids[1:], w
     return out
 
-  def _sft_step(self, opt: tuple, ewc: bool):
-    key = (opt, ewc)
+  def _sft_step(self, lr: float, trainable: str, loss_state: dict | None):
+    """(optimizer, state shardings, jitted step) for these lr/trainable, with or without EWC: the one train-step
+    builder (train.make_train_step), its loss a plug-in (lm_loss, or train.ewc_loss reading `loss_state`, the
+    anchor and Fisher, from the state: params-sized, so sharded like the params rather than compiled in)."""
+    key = (lr, trainable, loss_state is not None)
     if key not in self._sft:
-      lr, trainable = opt
       cfg = mlc.ConfigDict(dict(self.config.optim))
       cfg.lr, cfg.trainable = lr, trainable
       tx = train.make_optimizer(cfg, self.b.params)
       labels = train.optimizer_labels(cfg, self.b.params)   # expert-only rows skip the base's gradients
-      model, skip = self.b.model, self.rt.guard.skip
-
-      def step(state, batch, anchor, lam):
-        def loss_fn(p):
-          loss, m = train.lm_loss(model, p, batch, state.get('cms'))
-          if ewc:   # EWC (Kirkpatrick et al. 2017): lam/2 * sum_i F_i (theta_i - theta*_i)^2
-            pen = sum(jnp.sum(f * (x - x0) ** 2) for f, x, x0 in zip(
-                jax.tree.leaves(anchor['fisher']), jax.tree.leaves(p), jax.tree.leaves(anchor['params'])))
-            loss = loss + 0.5 * lam * pen
-            m = dict(m, ewc=pen)
-          return loss, m
-        (_, m), g = train.trainable_value_and_grad(loss_fn, state['params'], labels)
-        upd, os_ = tx.update(g, state['opt_state'], state['params'])
-        params = optax.apply_updates(state['params'], upd)
-        if skip:   # config.guard.nonfinite=skip: a non-finite step changes nothing (guard.py)
-          params, os_ = guard.keep_if(guard.finite(m['loss'], g), (params, os_), (state['params'], state['opt_state']))
-        return dict(state, step=state['step'] + 1, params=params, opt_state=os_), m
-
-      self._sft[key] = (tx, jax.jit(step, donate_argnums=0))
+      layout = jax.eval_shape(lambda p, c: train.init_state(p, tx, c), self.b.params, self.b.cms)
+      if loss_state is not None:
+        layout['loss_state'] = loss_state
+      shard = train.state_shardings(layout, self.b.shardings, self.b.mesh)
+      step = train.make_train_step(self.b.model, tx, shard, self.batch_sh,
+                                   train.lm_loss if loss_state is None else train.ewc_loss(), labels,
+                                   skip_nonfinite=self.rt.guard.skip)   # config.guard.nonfinite=skip (guard.py)
+      self._sft[key] = (tx, shard, step)
     return self._sft[key]
 
-  def finetune(self, params, cms, pairs: Sequence[Pair], *, steps: int, lr: float, seed: int, batch_size: int = 4,
-               seq_len: int | None = None, trainable: str = '.*', ewc: dict | None = None,
-               ewc_lambda: float = 0.0) -> tuple[dict, list[float]]:
-    """AdamW on `pairs` (batches drawn in a seeded order) for `steps` updates; `ewc` = {'params', 'fisher'}
-    adds the EWC penalty with weight `ewc_lambda`. `trainable` is a regex over parameter paths. Returns
-    (params, per-step loss); the inputs are not modified."""
+  def finetune(self, params, cms, pairs: Sequence[Pair], *, seed: int, steps: int | None = None,
+               lr: float | None = None, batch_size: int | None = None, seq_len: int | None = None,
+               trainable: str | None = None, ewc: dict | None = None,
+               ewc_lambda: float | None = None) -> tuple[dict, list[float]]:
+    """The fine-tuning baseline: AdamW on `pairs` (batches drawn in a seeded order) for `steps` updates; every
+    setting left None is `config.finetune`'s (one block for all experiments; see configs/base.finetune_fields).
+    `ewc` = {'params', 'fisher'} adds the EWC penalty with weight `ewc_lambda`. `trainable` is a regex over
+    parameter paths. Returns (params, per-step loss, without the penalty); the inputs are not modified."""
     if not pairs:
       raise ValueError('finetune got no training pairs')
-    seq_len = seq_len or self.config.cycle.seq_len
-    tx, step = self._sft_step((lr, trainable), ewc is not None)
-    state = train.init_state(copy_tree(params), tx, copy_tree(cms))   # both donated
+    f = finetune_settings(self.config, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len,
+                          trainable=trainable, ewc_lambda=ewc_lambda)
+    loss_state = None   # copies below: the step donates its state, and the caller uses these trees again
+    if ewc is not None:
+      loss_state = train.ewc_state(copy_tree(ewc['params']), copy_tree(ewc['fisher']), f['ewc_lambda'])
+    tx, shard, step = self._sft_step(f['lr'], f['trainable'], loss_state)
+    state = train.init_state(copy_tree(params), tx, copy_tree(cms))
+    if loss_state is not None:
+      state['loss_state'] = loss_state
+    state = jax.device_put(state, shard)
     rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(pairs)) for _ in range(-(-steps * batch_size // len(pairs)))])
+    n, bs = f['steps'], f['batch_size']
+    order = np.concatenate([rng.permutation(len(pairs)) for _ in range(-(-n * bs // len(pairs)))])
     hist = []
-    for s in range(steps):
-      batch = self.sft_batch([pairs[i] for i in order[s * batch_size:(s + 1) * batch_size]], seq_len)
-      state, m = step(state, jax.device_put(batch, self.batch_sh), ewc, jnp.float32(ewc_lambda))
+    for s in range(n):
+      batch = self.sft_batch([pairs[i] for i in order[s * bs:(s + 1) * bs]], f['seq_len'])
+      state, m = step(state, jax.device_put(batch, self.batch_sh))
       hist.append(float(m['loss']))
-      if not np.isfinite(hist[-1]):
-        self.rt.guard.check('fine-tune', s + 1, {'loss': hist[-1]})
+      if not (np.isfinite(hist[-1]) and np.isfinite(float(m['grad_norm']))):
+        self.rt.guard.check('fine-tune', s + 1, {'loss': m['loss'], 'grad_norm': m['grad_norm']})
     return state['params'], hist
 
   def fisher(self, params, cms, pairs: Sequence[Pair], *, seq_len: int | None = None) -> dict:
-    """Diagonal empirical Fisher: the mean over `pairs` of the squared gradient of each example's loss."""
-    seq_len = seq_len or self.config.cycle.seq_len
+    """Diagonal empirical Fisher: the mean over `pairs` of the squared gradient of each example's loss (rows of
+    `seq_len` tokens, default the fine-tuning block's)."""
+    seq_len = seq_len or finetune_settings(self.config)['seq_len']
     if 'fisher' not in self._sft:
       model = self.b.model
       self._sft['fisher'] = jax.jit(lambda p, c, b: jax.tree.map(
@@ -211,6 +214,39 @@ def _row_logprob(model, params, cms, toks, w):
   return jnp.sum(lp * w[:, 1:], -1)
 
 
+def finetune_problems(config) -> list[str]:
+  """Range checks of `config.finetune` (the experiments' block; runtime.validate checks the rest)."""
+  f, out = config.get('finetune'), []
+  if f is None:
+    return out
+  for ok, msg in ((f.steps >= 1, f'finetune.steps={f.steps} must be >= 1'),
+                  (f.lr > 0, f'finetune.lr={f.lr} must be > 0'),
+                  (f.batch_size >= 1, f'finetune.batch_size={f.batch_size} must be >= 1'),
+                  (f.seq_len >= 0, f'finetune.seq_len={f.seq_len} must be >= 0 (0: cycle.seq_len)'),
+                  (f.ewc_lambda >= 0, f'finetune.ewc_lambda={f.ewc_lambda} must be >= 0')):
+    if not ok:
+      out.append(msg)
+  try:
+    re.compile(f.trainable)
+  except re.error as e:
+    out.append(f'finetune.trainable={f.trainable!r} is not a valid regex ({e})')
+  return out
+
+
+def finetune_settings(config, **overrides) -> dict:
+  """`config.finetune` (the one fine-tuning baseline block, configs/base.finetune_fields) with the non-None
+  `overrides` applied and seq_len 0 resolved to cycle.seq_len."""
+  if 'finetune' not in config:
+    raise ValueError('the config has no `finetune` block: build it from configs/sleep.py (or add '
+                     'c.finetune = configs.base.finetune_fields())')
+  f = {**config.finetune.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+  unknown = set(overrides) - set(config.finetune)
+  if unknown:
+    raise TypeError(f'finetune_settings: {sorted(unknown)} are not config.finetune keys ({sorted(config.finetune)})')
+  f['seq_len'] = f['seq_len'] or config.cycle.seq_len
+  return f
+
+
 # ---------------------------------------------------------------------------------------------- reporting
 def mean_sd(xs, fmt: str = '.1f') -> str:
   """'mean ± sd' over seeds (sample sd, ddof=1; 0 for one seed)."""
@@ -226,7 +262,7 @@ def checked(config):
   """`config` after `runtime.validate` (every range, before anything is built or written); a bad value exits
   with one message naming each bad key."""
   try:
-    runtime.validate(config)
+    runtime.validate(config, finetune_problems(config))
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
   return config

@@ -20,7 +20,7 @@ held-out sentences per language from `--split` ('test' for the final numbers; an
   icl        in-context learning: at stage k the prompt holds the k-th language's book (and only it: one book
              fills the context) before the instruction, for every language scored
   finetune   sequential fine-tuning: AdamW on all weights, stage k trains the stage k-1 model on the k-th book as
-             plain text (runs of whole lines of <= ft_seq_len tokens) + its `n_train` train sentences with their
+             plain text (runs of whole lines of <= finetune.seq_len tokens) + its `n_train` train sentences with their
              gold translations (translation chat turns)
   sleep      sequential sleeps: stage k consolidates the k-th book into one NEW expert per receiver layer
              (Lab.sleep, Knowledge Seeding): the teacher is the current model reading the book before a
@@ -204,16 +204,16 @@ def evaluate(lab, params, cms, data, config, book: str | None = None) -> dict:
 
 def learn(lab, method: str, params, cms, d: dict, seed: int, config) -> tuple[dict, dict, dict]:
   """One stage: the model (params, cms) learns language `d` by `method`; returns (params, cms, diagnostics)."""
-  c = config.languages
   if method == 'sleep':
     doc = {'id': d['name'], 'title': d['name'].capitalize(), 'text': d['book']}
     params, cms, hist = lab.sleep(params, cms, [doc], seed, templates=[u for u, _ in d['train']], n_prefix=0,
                                   desc=f"sleep {d['name']}")
     return params, cms, {'ks_loss': [float(h.get('loss', float('nan'))) for h in hist]}
   if method == 'finetune':
-    pairs = [(None, t) for t in book_chunks(d['book'], lab.tok.encode, c.ft_seq_len - 1)] + list(d['train'])
-    params, losses = lab.finetune(params, cms, pairs, steps=c.ft_steps, lr=c.ft_lr, seed=seed,
-                                  batch_size=c.ft_batch, seq_len=c.ft_seq_len)
+    from experiments.common import finetune_settings
+    seq_len = finetune_settings(config)['seq_len']
+    pairs = [(None, t) for t in book_chunks(d['book'], lab.tok.encode, seq_len - 1)] + list(d['train'])
+    params, losses = lab.finetune(params, cms, pairs, seed=seed)   # config.finetune
     return params, cms, {'ft_loss': losses}
   raise ValueError(f'unknown learning method {method!r}')
 
@@ -384,9 +384,11 @@ def report(rows, workdir: str, footer: str) -> str:
 def footer_of(config, split, seeds, seconds=None, merged=None) -> str:
   c = config if isinstance(config, dict) else json.loads(config.to_json())
   lc = c['languages']
+  # config.finetune; results.json files written before that block existed hold languages.ft_steps / ft_lr
+  ft = c.get('finetune') or {'steps': lc.get('ft_steps'), 'lr': lc.get('ft_lr')}
   s = (f"chrF (sacrebleu, corpus) of greedy {lc['direction']} translations of {lc['n_test']} '{split}' sentences per "
        f"language; mean ± sd over seeds {','.join(map(str, seeds))}. Sleep: {c['sleep']['ks']['steps']} Knowledge "
-       f"Seeding updates per language, no Dreaming; fine-tuning: {lc['ft_steps']} AdamW steps at lr {lc['ft_lr']}. "
+       f"Seeding updates per language, no Dreaming; fine-tuning: {ft['steps']} AdamW steps at lr {ft['lr']}. "
        f"Books: all rules + a {6 + sum(lc['vocab'].values())}-lemma dictionary (every sentence uses only its words)"
        f"{'' if not lc['book_max_tokens'] else ', cut to ' + str(lc['book_max_tokens']) + ' tokens'}.")
   if len(seeds) == 1:

@@ -9,7 +9,8 @@ passage's questions without the passage, then reset. Variants:
   ks_no_lti         alpha = 1 (divergence only)
   ks_no_div         alpha = 0 (LTI policy gradient only)
   ks_no_expand      the receivers' base MLP weights trained instead of a new expert
-  finetune          plain fine-tuning of all weights on the passage text (next-token loss)
+  finetune          plain fine-tuning of all weights on the passage text (next-token loss): experiments/common.py's
+                    Lab.finetune with `config.finetune` (configs/base.finetune_fields), as in every experiment
   sleep             Knowledge Seeding, then Dreaming (ReST-EM rounds) into the same new experts
   sleep_no_select   Dreaming without gradient selection (the kept dreams drawn at random)
   sleep_no_random   Dreaming without the random extra expert while generating
@@ -26,7 +27,8 @@ results.json and a bar plot in --workdir.
   python -m experiments.knowledge_incorporation --workdir=runs/ki --seeds=0,1,2 --passages=1
   python -m experiments.knowledge_incorporation --workdir=/tmp/ki --split=validation   # for tuning
   python -m experiments.knowledge_incorporation --workdir=runs/ki_all --from_results=runs/a/results.json,runs/b/results.json
-Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3
+Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3, or the fine-tuning baseline's
+--config.finetune.steps=8 --config.finetune.lr=3e-5 (these replace the former --ft_steps / --ft_lr flags).
 """
 import os
 import time
@@ -39,7 +41,7 @@ from ml_collections import config_flags  # noqa: E402
 def define_flags():
   """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
   it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
-  global _CONFIG, _WORKDIR, _SEEDS, _PASSAGES, _SPLIT, _VARIANTS, _FROM, _FT_STEPS, _FT_LR
+  global _CONFIG, _WORKDIR, _SEEDS, _PASSAGES, _SPLIT, _VARIANTS, _FROM
   _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sleep.py', 'Base config.', lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
   _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
@@ -50,36 +52,10 @@ def define_flags():
                                 'Variants to run (before and ceiling always run).')
   _FROM = flags.DEFINE_list('from_results', [], 'Only report: merge these results.json files (e.g. one per seed, '
                             'run in parallel) into one table and plots in --workdir.')
-  _FT_STEPS = flags.DEFINE_integer('ft_steps', 8, 'Fine-tuning baseline: updates on the passage.')
-  _FT_LR = flags.DEFINE_float('ft_lr', 3e-5, 'Fine-tuning baseline: AdamW learning rate (all weights).')
 
 KS_VARIANTS = {'ks': {}, 'ks_no_lti': {'alpha': 1.0}, 'ks_no_div': {'alpha': 0.0}, 'ks_no_expand': {'expand': False}}
 DREAM_VARIANTS = {'sleep': {}, 'sleep_no_select': {'selection': 'random'}, 'sleep_no_random': {'random_expert': False},
                   'seal': {'random_expert': False}}
-
-
-def finetune(rt, passage, steps, lr):
-  """Plain fine-tuning on the passage text: all weights, AdamW, next-token loss."""
-  import jax
-  import ml_collections as mlc
-  from sleep_jax import train
-  from sleep_jax.cycle import doc_batch
-  b, config = rt.b, rt.config
-  optim = mlc.ConfigDict(dict(config.optim))
-  optim.lr = lr
-  tx = train.make_optimizer(optim, b.params)
-  copy = lambda t: jax.tree.map(lambda x: x.copy(), t)     # the train step donates its state
-  state = train.init_state(copy(b.params), tx, copy(b.cms))
-  shard = train.state_shardings(state, b.shardings, b.mesh)
-  batch_sh = rt.batch_sharding
-  step = train.make_train_step(b.model, tx, shard, batch_sh, labels=train.optimizer_labels(optim, b.params),
-                               skip_nonfinite=rt.guard.skip)
-  batch = jax.device_put(doc_batch(b.tokenizer, passage, config.cycle.seq_len, 1), batch_sh)
-  state = jax.device_put(state, shard)
-  for i in range(steps):
-    state, m = step(state, batch)
-    rt.guard.check('fine-tune', i + 1, {'loss': m['loss'], 'grad_norm': m['grad_norm']})
-  return state['params'], float(m['loss'])
 
 
 def main(argv):
@@ -87,17 +63,18 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax
   import numpy as np
-  from sleep_jax import evals, runtime
+  from sleep_jax import evals
   from sleep_jax.data import documents, knowledge
   from sleep_jax.phases import consolidate as ks
   from sleep_jax.phases import dream
 
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value)
-  from experiments.common import checked
+  from experiments.common import Lab, checked
   config = checked(_CONFIG.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  rt = runtime.Runtime(config)   # the composition root: model, sampler, seeders, dreamers, probe, guard
+  lab = Lab(config)   # the fine-tuning baseline shared by every experiment (Lab.finetune)
+  rt = lab.rt         # the composition root: model, sampler, seeders, dreamers, probe, guard
   b, tok, sampler = rt.b, rt.tokenizer, rt.sampler
   layers = rt.layers()
   probe = rt.probe()
@@ -148,9 +125,9 @@ def main(argv):
             params = dr.commit(kp, dst, index, view)
             extra = {'dream_history': hist, 'reward_rate': [h['reward_rate'] for h in hist]}
         elif v == 'finetune':
-          params, loss = finetune(rt, passage, _FT_STEPS.value, _FT_LR.value)
+          params, hist = lab.finetune(b.params, b.cms, [(None, passage['text'])], seed=seed)   # config.finetune
           cms = b.cms
-          extra = {'final_loss': loss}
+          extra = {'final_loss': hist[-1]}
         else:
           seeder = rt.seeder(rt.ks_config(**KS_VARIANTS[v]))   # one compiled update per variant, reused across seeds
           kcfg = seeder.kcfg

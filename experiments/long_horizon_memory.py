@@ -13,7 +13,7 @@ stream length and per method x needle depth (mean ± sd over seeds; each seed's 
 Rows (every row starts from the same pre-trained model, per stream):
   full_context    reference: the whole stream in context (is the task solvable at all when the needle is seen?)
   icl             sliding-window in-context learning: no weight change, only the last window in context
-  finetune        continual fine-tuning: each window, when dropped, gets `ft_steps` AdamW updates of all weights
+  finetune        continual fine-tuning: each window, when dropped, gets `finetune.steps` AdamW updates of all weights
                   with the next-token loss on its text (Lab.finetune, pairs (None, window))
   sleep_L{1,2,3}  sleep with L CMS levels. The model's layers are split into L contiguous groups
                   (`wake.default_levels`: first layers = fastest level 0). Level l sleeps every
@@ -171,8 +171,7 @@ def run_stream(lab, config, item: dict, windows: list[str], qs: list[dict], meth
     elif meth == 'finetune':
       losses = []
       for i in range(dropped):
-        params, h = lab.finetune(params, cms, [(None, windows[i])], steps=c.ft_steps, lr=c.ft_lr, seed=seed,
-                                 batch_size=1, seq_len=c.ft_seq_len)
+        params, h = lab.finetune(params, cms, [(None, windows[i])], seed=seed)   # config.finetune
         losses.append(h)
       extra['ft_losses'] = losses
     elif meth.startswith('sleep_L'):

@@ -7,7 +7,7 @@ passage (greedy, answer recall %: a gold answer or alias appears in the answer).
   before     the model before any update (floor)
   sleep      Knowledge Seeding of all n passages into one new expert per layer of CMS level 0,
              ks_steps_per_passage x n updates (the teacher reads each passage, the student does not)
-  finetune   plain fine-tuning of all weights on the n passage texts, ft_steps_per_passage x n updates
+  finetune   plain fine-tuning of all weights on the n passage texts, finetune.steps (per passage) x n updates
   seal       SEAL-style: the model's own implications / restatements / QA pairs of each passage (dream.knowledge_task,
              no random expert, no selection, no reward) applied by SFT to a new expert, no consolidation
   ceiling    the pre-update model with the passage in its prompt
@@ -70,7 +70,7 @@ def run_one(lab, config, docs: list[dict], seed: int) -> dict:
       extra = {'ks_loss': [h['loss'] for h in hist]}
     elif v == 'finetune':
       params, hist = lab.finetune(lab.params, lab.cms, [(None, d['text']) for d in docs],
-                                  steps=m.ft_steps_per_passage * n, lr=m.ft_lr, seed=seed, batch_size=m.ft_batch)
+                                  steps=config.finetune.steps * n, seed=seed)   # finetune.steps: per passage
       cms, extra = lab.cms, {'loss': hist}
     elif v == 'seal':
       dr = lab_dreamer(lab)

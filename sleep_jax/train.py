@@ -1,7 +1,9 @@
 """Train state, optimizer with a trainable mask, and the pure sharded LM train step.
 
 State is a plain dict pytree {'step', 'params', 'opt_state'}; a step is a pure function
-`state, batch -> state, metrics` jitted once with in/out shardings and the state donated.
+`state, batch -> state, metrics` jitted once with in/out shardings and the state donated. The loss is a plug-in
+(`loss_fn(model, params, batch, cms[, loss_state])`); constants it needs that are as large as the params (EWC's
+anchor and Fisher) ride in `state['loss_state']`, sharded like the params, instead of being baked into the program.
 Freezing is a label tree for `optax.multi_transform` (frozen leaves get `set_to_zero` and no slots).
 """
 from __future__ import annotations
@@ -121,6 +123,8 @@ def state_shardings(state, param_shardings, mesh) -> Any:
   out = {'step': rep, 'params': param_shardings, 'opt_state': opt_sh}
   if 'cms' in state:
     out['cms'] = jax.tree.map(lambda _: rep, state['cms'])
+  if 'loss_state' in state:   # e.g. ewc_state: its params-shaped trees are sharded like the params
+    out['loss_state'] = jax.tree_util.tree_map_with_path(for_leaf, state['loss_state'])
   return out
 
 
@@ -134,15 +138,38 @@ def lm_loss(model: nn.Module, params, batch, cms=None):
   return loss, {'loss': loss, 'tokens': ntok}
 
 
+def ewc_loss(base: Callable = lm_loss) -> Callable:
+  """Elastic weight consolidation (Kirkpatrick et al. 2017) as a loss plug-in for `make_train_step`:
+  base + lam/2 * sum_i F_i (theta_i - theta*_i)^2. The anchor theta*, the diagonal Fisher F and lam are read from
+  `state['loss_state'] = ewc_state(...)`, so one compiled step serves every anchor and lambda. Metrics: the base's
+  ('loss' stays the base loss) plus 'ewc', the unweighted penalty sum."""
+
+  def loss_fn(model, params, batch, cms, ewc):
+    loss, metrics = base(model, params, batch, cms)
+    pen = sum(jnp.sum(f * (x - x0) ** 2) for f, x, x0 in zip(
+        jax.tree.leaves(ewc['fisher']), jax.tree.leaves(params), jax.tree.leaves(ewc['params'])))
+    return loss + 0.5 * ewc['lam'] * pen, dict(metrics, ewc=pen)
+  return loss_fn
+
+
+def ewc_state(anchor, fisher, lam: float) -> dict:
+  """`state['loss_state']` for `ewc_loss`: the anchor params, their diagonal Fisher (same tree) and lambda.
+  The train step donates its state: pass copies of trees the caller uses again."""
+  return {'params': anchor, 'fisher': fisher, 'lam': jnp.float32(lam)}
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, shardings: Any, batch_sh,
                     loss_fn: Callable = lm_loss, labels=None, skip_nonfinite: bool = False):
-  """Jitted `step(state, batch) -> (state, metrics)` with the state donated. `labels`
+  """Jitted `step(state, batch) -> (state, metrics)` with the state donated. `loss_fn(model, params, batch, cms)`
+  returns (loss, metrics); with `state['loss_state']` present it gets that as a 5th argument (e.g. `ewc_loss`),
+  and the step carries it through unchanged. `labels`
   (`optimizer_labels(cfg, params)`): differentiate only the trained leaves; 'grad_norm' is over those.
   `skip_nonfinite`: a step with a non-finite loss or gradient keeps params and optimizer state (the step
   counter still advances: it counts batches read); metrics 'finite' says which (sleep_jax/guard.py)."""
 
   def step(state, batch):
-    (loss, metrics), grads = trainable_value_and_grad(lambda p: loss_fn(model, p, batch, state.get('cms')),
+    extra = (state['loss_state'],) if 'loss_state' in state else ()
+    (loss, metrics), grads = trainable_value_and_grad(lambda p: loss_fn(model, p, batch, state.get('cms'), *extra),
                                                       state['params'], labels)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)

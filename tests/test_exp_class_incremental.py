@@ -75,7 +75,7 @@ def test_smoke_end_to_end(lab, tmp_path):
   scorer = ci.PrefixScorer(lab, config.ci.score_chunk)
   paths = []
   for seed in (0, 1):
-    row = ci.run_seed(lab, scorer, config, seed, 'test', ci.METHODS, (config.ci.ewc_lambda,))
+    row = ci.run_seed(lab, scorer, config, seed, 'test', ci.METHODS, (config.finetune.ewc_lambda,))
     assert set(row['methods']) == set(ci.METHODS)
     for m in ci.METHODS:
       assert len(row['methods'][m]) == config.ci.n_stages

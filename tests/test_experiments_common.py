@@ -76,8 +76,24 @@ def test_config_guard_reaches_an_experiments_sleep_and_fine_tuning(lab, monkeypa
     real = common.Lab.sft_batch
     m.setattr(common.Lab, 'sft_batch', lambda self, pairs, seq_len: dict(
         real(self, pairs, seq_len), weights=np.full((8, seq_len), np.nan, np.float32)))
-    with pytest.raises(NonFiniteError, match=r'^fine-tune: non-finite loss=nan at step 1'):
+    with pytest.raises(NonFiniteError, match=r'^fine-tune: non-finite loss=nan.* at step 1'):
       lab.finetune(lab.params, lab.cms, [(None, 'Zorb has red roofs.')], steps=1, lr=1e-3, seed=0)
+
+
+def test_finetune_reads_the_one_config_block(lab):
+  """Every experiment's fine-tuning baseline is Lab.finetune with config.finetune's values (an argument
+  overrides one); seq_len 0 means cycle.seq_len."""
+  steps = lab.config.finetune.steps
+  lab.config.finetune.steps = 2
+  try:
+    assert len(lab.finetune(lab.params, lab.cms, [(None, 'Zorb has red roofs.')], seed=0)[1]) == 2
+    assert len(lab.finetune(lab.params, lab.cms, [(None, 'Zorb has red roofs.')], seed=0, steps=1)[1]) == 1
+    f = common.finetune_settings(lab.config, lr=0.5)
+    assert f['lr'] == 0.5 and f['steps'] == 2 and f['seq_len'] == lab.config.cycle.seq_len
+  finally:
+    lab.config.finetune.steps = steps
+  with pytest.raises(TypeError, match='ft_steps'):
+    common.finetune_settings(lab.config, ft_steps=3)
 
 
 def test_mean_sd():
