@@ -116,21 +116,11 @@ def success(rows_of_seed: list[dict], row: str) -> float:
 
 def inner_deltas(delta0, frozen, rows_K, *, model, view, tx, steps: int):
   """K isolated copies of `delta0`, copy k fine-tuned `steps` SFT steps on rows_K[k] (memory format); returns
-  (deltas [K, ...], losses [K, steps]). dream.inner_one's loop, returning the copies instead of tau."""
+  (deltas [K, ...], losses [K, steps]): Dreaming's `inner_copy`, vmapped, keeping the copies instead of tau."""
   import jax
-  import optax
   from sleep_jax.phases import dream
-  loss = functools.partial(dream.nll, model=model, view=view)
-
-  def one(row):
-    def body(carry, _):
-      d, o = carry
-      l, g = jax.value_and_grad(loss)(d, frozen, row)
-      u, o = tx.update(g, o, d)
-      return (optax.apply_updates(d, u), o), l
-    (d, _), ls = jax.lax.scan(body, (delta0, tx.init(delta0)), None, length=steps)
-    return d, ls
-  return jax.vmap(one)(rows_K)
+  one = functools.partial(dream.inner_copy, frozen=frozen, model=model, view=view, tx=tx, steps=steps, unroll=1)
+  return jax.vmap(lambda row: one(delta0, row=row))(rows_K)
 
 
 class Arc:

@@ -234,8 +234,10 @@ def grad_scores(delta, frozen, rows, probe, *, model, view):
   return cos_M, norm_M
 
 
-def inner_one(delta0, frozen, row, probe, *, model, view, tx, steps: int):
-  """One isolated copy: `steps` SFT steps of delta on one dream row [1, L]; returns (tau(copy), losses[steps])."""
+def inner_copy(delta0, frozen, row, *, model, view, tx, steps: int, unroll: bool | int = True):
+  """One isolated copy of delta0 fine-tuned `steps` SFT steps on one dream row [1, L]: (copy, losses[steps]).
+  Unrolled by default: a handful of steps; straight-line code lets XLA fuse across steps and count FLOPs
+  exactly (few_shot_arc's test-time training keeps a rolled loop: `unroll=1`)."""
   loss = functools.partial(nll, model=model, view=view)
 
   def body(carry, _):
@@ -244,9 +246,14 @@ def inner_one(delta0, frozen, row, probe, *, model, view, tx, steps: int):
     u, o = tx.update(g, o, d)
     return (optax.apply_updates(d, u), o), l
 
-  # unrolled: a handful of steps; straight-line code lets XLA fuse across steps and count FLOPs exactly
-  (d, _), ls = jax.lax.scan(body, (delta0, tx.init(delta0)), None, length=steps, unroll=True)
-  return loss(d, frozen, probe), ls
+  (d, _), ls = jax.lax.scan(body, (delta0, tx.init(delta0)), None, length=steps, unroll=unroll)
+  return d, ls
+
+
+def inner_one(delta0, frozen, row, probe, *, model, view, tx, steps: int):
+  """One isolated copy (`inner_copy`), scored: (tau(copy), losses[steps])."""
+  d, ls = inner_copy(delta0, frozen, row, model=model, view=view, tx=tx, steps=steps)
+  return nll(d, frozen, probe, model=model, view=view), ls
 
 
 def inner_vmapped(delta0, frozen, rows_K, probe, *, model, view, tx, steps: int):
