@@ -17,7 +17,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 def _run(*args):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8', TF_CPP_MIN_LOG_LEVEL='2')
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
   return subprocess.run([sys.executable, '-m', 'experiments.few_shot_arc', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=1800)   # ~75 s of CPU; minutes of wall on a loaded machine
 
