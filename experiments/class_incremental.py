@@ -50,11 +50,9 @@ import json
 import os
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-import numpy as np  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
+import numpy as np
 
 METHODS = ('before', 'icl', 'finetune', 'ewc', 'sleep')
 

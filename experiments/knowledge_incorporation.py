@@ -33,10 +33,8 @@ Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3, or th
 import os
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 def define_flags():
   """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so

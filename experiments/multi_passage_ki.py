@@ -22,10 +22,8 @@ n), table.md (mean ± sd over seeds) and recall_vs_n.png in --workdir.
 import os
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 def define_flags():
   """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so

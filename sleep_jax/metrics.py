@@ -1,4 +1,5 @@
-"""Scalar metrics to TensorBoard + `metrics.jsonl` (clu metric writers), and a quiet-in-CI tqdm progress bar.
+"""Scalar metrics to TensorBoard + `metrics.jsonl` (clu metric writers), and progress: a tqdm bar on a terminal,
+plain status lines at most every 20 s elsewhere (CI, nohup, notebooks).
 
 `metrics.jsonl` holds one JSON object per line, {"step": int, name: value, ...}, append-only and flushed per
 line, so a resumed run appends to it. A run resumed from an older checkpoint logs some steps again: readers
@@ -10,7 +11,9 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Iterable, Mapping
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
@@ -173,7 +176,7 @@ class MetricLogger:
 
 
 class Progress(tqdm.tqdm):
-  """tqdm with `set_metrics(dict)`: one device_get, short floats in the postfix; free when disabled."""
+  """tqdm with `set_metrics(dict)`: one device_get, short floats in the postfix (a terminal's bar)."""
 
   def set_metrics(self, metrics: Mapping[str, Any], refresh: bool = True):
     if self.disable:
@@ -182,12 +185,140 @@ class Progress(tqdm.tqdm):
     self.set_postfix({k: f'{v:.4g}' if isinstance(v, float) else v for k, v in vals.items()}, refresh=refresh)
 
 
-def progress(iterable_or_total: Iterable | int, desc: str = '', *, force: bool = False, **kw) -> Progress:
-  """Progress bar over an iterable (or a step count); silent when the output is not a TTY unless forced."""
+LINE_EVERY = 20.0   # seconds: the most a non-TTY run writes progress lines at, and the silence that triggers one
+
+
+class LineLog:
+  """Where non-TTY progress goes: plain status lines, at most one per `every` seconds for the whole process.
+
+  A log file (CI, nohup, a notebook's captured output) gets no tqdm bar, whose carriage returns make one
+  unreadable line. A line is written when a step ends and nothing was written for `every` seconds, and by a
+  heartbeat (a daemon thread, `beat`) while a step runs for longer than that: Dreaming rounds and the first,
+  compiling, steps take minutes on a CPU, and a log silent for minutes looks like a hung run. The state is shared
+  by nested bars (a sleep's bars inside the wake bar), so one process writes one stream of lines, about the
+  innermost running phase. `clock` is injectable for tests.
+  """
+
+  def __init__(self, clock: Callable[[], float] = time.monotonic, every: float = LINE_EVERY):
+    self.clock, self.every = clock, every
+    self.last: float | None = None     # when the last line was written (or the first bar started)
+    self.bars: list[LineProgress] = []
+    self._lock = threading.RLock()
+    self._thread: threading.Thread | None = None
+
+  def start_heartbeat(self) -> None:
+    with self._lock:
+      if self._thread is None:
+        self._thread = threading.Thread(target=self._beat_forever, name='sleep_jax-progress', daemon=True)
+        self._thread.start()
+
+  def _beat_forever(self):
+    while True:
+      time.sleep(self.every / 4)
+      self.beat()
+
+  def beat(self) -> None:
+    """A line about the innermost open bar's running step if nothing was written for `every` seconds."""
+    with self._lock:
+      if self.bars and self.last is not None and self.clock() - self.last >= self.every:
+        self.bars[-1].line(running=True)
+
+  def write(self, file, text: str) -> None:
+    with self._lock:
+      self.last = self.clock()
+      try:
+        file.write(text + '\n')
+        file.flush()
+      except (ValueError, OSError):   # the stream went away (a closed capture): progress is best-effort
+        pass
+
+
+LINES = LineLog()
+
+
+class LineProgress:
+  """Non-TTY progress over an iterable (or a step count): the `Progress` interface, lines through a `LineLog`.
+  Metrics passed to `set_metrics` are fetched from the device only when a line is written."""
+
+  disable = False
+
+  def __init__(self, iterable: Iterable | None = None, desc: str = '', total: int | None = None, file=None,
+               log: LineLog = LINES, **_):
+    if total is None and iterable is not None and hasattr(iterable, '__len__'):
+      total = len(iterable)
+    self.iterable, self.desc, self.total, self.file, self.log = iterable, desc, total, file or sys.stderr, log
+    self.n, self._metrics, self._printed, self._closed = 0, {}, False, False
+    with log._lock:
+      self.t0 = self.t_step = log.clock()
+      if log.last is None:
+        log.last = self.t0
+      log.bars.append(self)
+
+  def __iter__(self):
+    try:
+      for x in self.iterable:
+        yield x
+        self.update(1)
+    finally:   # also when the loop stops early (an exception, a break): the bar is no longer running
+      self.close()
+
+  def __len__(self):
+    return self.total or 0
+
+  def update(self, n: int = 1):
+    with self.log._lock:
+      self.n += n
+      self.t_step = self.log.clock()
+      if self.t_step - self.log.last >= self.log.every:
+        self.line()
+
+  def set_metrics(self, metrics: Mapping[str, Any], refresh: bool = True):
+    del refresh
+    self._metrics = dict(metrics)
+
+  def set_postfix(self, postfix: Mapping[str, Any] | None = None, refresh: bool = True, **kw):
+    self.set_metrics({**(postfix or {}), **kw}, refresh)
+
+  def line(self, running: bool = False, done: bool = False) -> None:
+    now = self.log.clock()
+    total = f'/{self.total}' if self.total is not None else ''
+    parts = [f'{self.desc or "progress"}: {self.n}{total}', f'{now - self.t0:.0f} s']
+    if done:
+      parts[0] += ' done'
+    if running:
+      parts.append(f'step {self.n + 1} running for {now - self.t_step:.0f} s')
+    if running:   # the heartbeat thread: host values only, never a device fetch behind the running step
+      vals = {k: v for k, v in self._metrics.items() if isinstance(v, (bool, int, float))}
+    else:
+      vals = _host_scalars(self._metrics) if self._metrics else {}
+    if vals:
+      parts.append(' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in vals.items()))
+    self._printed = True
+    self.log.write(self.file, ', '.join(parts))
+
+  def close(self):
+    with self.log._lock:
+      if self._closed:
+        return
+      self._closed = True
+      if self in self.log.bars:
+        self.log.bars.remove(self)
+      if self._printed:   # a phase that reported while running also says when it ends; a quick one stays silent
+        self.line(done=True)
+
+
+def progress(iterable_or_total: Iterable | int, desc: str = '', *, force: bool = False,
+             **kw) -> Progress | LineProgress:
+  """Progress over an iterable (or a step count): a tqdm bar on a TTY (or when forced), else `LineProgress`,
+  a plain line at most every LINE_EVERY seconds (see `LineLog`), so a log shows a long run is alive."""
   if isinstance(iterable_or_total, int):
     iterable, kw['total'] = None, iterable_or_total
   else:
     iterable = iterable_or_total
+  log = kw.pop('log', LINES)   # tests pass a LineLog with a fake clock
   out = kw.get('file') or sys.stderr
-  disable = not (force or (hasattr(out, 'isatty') and out.isatty()))
-  return Progress(iterable, desc=desc, disable=disable, dynamic_ncols=True, **kw)
+  if force or (hasattr(out, 'isatty') and out.isatty()):
+    return Progress(iterable, desc=desc, dynamic_ncols=True, **kw)
+  if log is LINES:
+    LINES.start_heartbeat()
+  return LineProgress(iterable, desc=desc, log=log, **kw)

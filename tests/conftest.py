@@ -3,10 +3,11 @@ import os
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+import sleep_jax  # noqa: E402,F401  (before any test module imports TensorFlow: sleep_jax/_env.py)
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 

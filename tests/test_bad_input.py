@@ -9,7 +9,7 @@ import pytest
 
 from configs import sleep as sleep_config
 from experiments.benchmarks import fuzz
-from sleep_jax import jobs, runtime
+from sleep_jax import _env, jobs, runtime
 from sleep_jax.io import load_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,20 @@ def test_all_problems_are_listed_at_once():
 def test_cli_refuses_bad_values_before_writing_anything(tmp_path, flag='--config.wake.base_period=0',
                                                         match='wake.base_period=0 must be >= 1'):
   # (unknown keys and wrong types are refused by absl/ml_collections while parsing, before main() runs)
+  _cli_refuses(tmp_path, flag, match)
+
+
+def test_cli_refuses_a_bad_documents_file_before_writing_anything(tmp_path):
+  """Issue 17: a bad `knowledge.documents` file used to be found by the job, after the workdir and its
+  config.json were written; `jobs.validate` reads it first (no model needed)."""
+  bad = tmp_path / 'docs.jsonl'
+  bad.write_text('{"id": "a", "text": "Fine passage."}\n{"id": "b", "text": \n')
+  _cli_refuses(tmp_path, f'--config.knowledge.documents={bad}', f'{bad}:2: invalid JSON')
+  with pytest.raises(ValueError, match=r"knowledge.documents='/nonexistent/d.jsonl': documents file not found"):
+    jobs.validate(_bad(**{'knowledge.documents': '/nonexistent/d.jsonl'}))
+
+
+def _cli_refuses(tmp_path, flag, match):
   workdir = tmp_path / 'run'
   p = subprocess.run([sys.executable, '-m', 'experiments.main', '--config=configs/sleep.py:smoke',
                       f'--workdir={workdir}', flag], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
@@ -77,6 +91,21 @@ def test_cli_refuses_bad_values_before_writing_anything(tmp_path, flag='--config
   assert p.returncode != 0 and match in p.stderr, p.stderr[-2000:]
   assert 'Traceback' not in p.stderr, p.stderr[-2000:]
   assert not workdir.exists()
+  # TF was imported on the way (clu): its load-time absl/CUDA lines are kept out (sleep_jax/_env.py)
+  assert 'cuInit' not in p.stderr and 'absl::InitializeLog' not in p.stderr and 'I0000' not in p.stderr, p.stderr
+
+
+def test_tf_import_noise_is_dropped_and_the_rest_kept():
+  """The filter of sleep_jax/_env.py drops exactly the known TF/CUDA load-time lines (as TF 2.21 prints them)."""
+  noise = ('WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n'
+           'I0000 00:00:1796512643.216622    9600 port.cc:153] oneDNN custom operations are on. You may see ...\n'
+           'I0000 00:00:1796512643.217612    9600 cudart_stub.cc:31] Could not find cuda drivers on your machine, '
+           'GPU will not be used.\n'
+           'E0000 00:00:1796512645.284333    9600 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: '
+           'Failed call to cuInit: UNKNOWN ERROR (303)\n')
+  real = ('E0000 00:00:1796512645.284333    9600 op_kernel.cc:1857] OP_REQUIRES failed: out of memory\n'
+          'ImportError: something real\n')
+  assert _env.filter_noise(noise + real + noise) == real
 
 
 def _u64_at(data: bytes, at: int, v: int) -> bytes:

@@ -243,12 +243,41 @@ def test_metric_logger_jsonl_appends(tmp_path):
   assert json.loads((tmp_path / 'hparams.json').read_text())['optim.lr'] == 1e-3
 
 
-def test_progress_quiet_unless_tty_or_forced():
-  buf = io.StringIO()  # not a TTY
-  bar = metrics.progress(range(3), 'quiet', file=buf)
-  assert bar.disable and list(bar) == [0, 1, 2]
-  bar.set_metrics({'loss': jnp.float32(2.0)})
+def test_progress_lines_when_not_a_tty():
+  """Output that is not a terminal (CI, nohup, a notebook) gets a plain line at most every 20 s: when a step ends
+  after 20 s of silence, and from the heartbeat while one step runs longer; a quick phase stays silent (fake
+  clock). Issue 17: the main job's log was silent for 6 minutes."""
+  t = [0.0]
+  log = metrics.LineLog(clock=lambda: t[0], every=20.0)
+  buf = io.StringIO()   # not a TTY
+  for _ in metrics.progress(range(3), 'quick', file=buf, log=log):
+    t[0] += 1
   assert buf.getvalue() == ''
+  bar = metrics.progress(range(10), 'ks', file=buf, log=log)
+  for i in bar:          # 7 s steps: a line every third step (21 s), then 'done'
+    t[0] += 7
+    bar.set_metrics({'loss': jnp.float32(0.5 + i)})
+  assert buf.getvalue().splitlines() == ['ks: 3/10, 21 s, loss=2.5', 'ks: 6/10, 42 s, loss=5.5',
+                                         'ks: 9/10, 63 s, loss=8.5', 'ks: 10/10 done, 70 s, loss=9.5']
+  buf.truncate(0), buf.seek(0)
+  bar = metrics.progress(range(2), 'dream', file=buf, log=log)
+  for _ in bar:          # 50 s steps: the heartbeat (called every 5 s here) speaks during them
+    for _ in range(10):
+      t[0] += 5
+      log.beat()
+    bar.set_metrics({'reward_rate': 0.25})
+  assert buf.getvalue().splitlines() == [
+      'dream: 0/2, 20 s, step 1 running for 20 s', 'dream: 0/2, 40 s, step 1 running for 40 s',
+      'dream: 1/2, 60 s, step 2 running for 10 s, reward_rate=0.25',
+      'dream: 1/2, 80 s, step 2 running for 30 s, reward_rate=0.25',
+      'dream: 1/2, 100 s, step 2 running for 50 s, reward_rate=0.25', 'dream: 2/2 done, 100 s, reward_rate=0.25']
+  t[0] += 100
+  log.beat()             # no phase running: nothing to say
+  assert log.bars == [] and buf.getvalue().count('\n') == 6 and log._thread is None
+
+
+def test_progress_bar_on_a_tty_or_forced():
+  buf = io.StringIO()
   bar = metrics.progress(3, 'loud', force=True, file=buf)
   bar.set_metrics({'loss': jnp.float32(0.123456), 'n': jnp.int32(4)})
   bar.update(3)

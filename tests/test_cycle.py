@@ -11,7 +11,7 @@ from flax import traverse_util
 from configs import sleep as sleep_config
 from sleep_jax import build as build_lib
 from sleep_jax import jobs
-from sleep_jax.data import documents
+from sleep_jax.data import documents, metrics
 from sleep_jax import cycle as cycle_lib
 from sleep_jax import runtime
 from tests import helpers
@@ -38,13 +38,25 @@ def _cycle(c, workdir):
   return cycle_lib.Cycle(runtime.Runtime(c, b), str(workdir), PROBE), b
 
 
+def _recall(answers):
+  """Answer recall recomputed from the logged predictions: the normalised answer as a whole-word span."""
+  hit = lambda a, p: f' {metrics.normalize_answer(a)} ' in f' {metrics.normalize_answer(p)} '
+  return 100.0 * float(np.mean([hit(x['answer'], x['prediction']) for x in answers]))
+
+
 def test_sleep_job_smoke(tmp_path):
   res = jobs.sleep(_config(dream=True), str(tmp_path))
   assert len(res['sleeps']) == 1 and res['sleeps'][0]['committed']
   # Dreaming ran after consolidation: one record per ReST-EM round, and the reward plot
   assert [e['round'] for e in res['dream_rounds']] == [1, 2] and 'dream_committed' in res['sleeps'][0]
-  assert all(0 <= e['reward_rate'] <= 1 for e in res['dream_rounds']) and (tmp_path / 'dream_rewards.png').exists()
-  assert res['n_questions'] > 0 and 0 <= res['after']['no_context']['recall'] <= 100
+  assert (tmp_path / 'dream_rewards.png').exists()
+  rates = [e['reward_rate'] for e in res['dream_rounds']]
+  assert res['sleeps'][0]['dream_reward_rate'] == rates
+  for e in res['dream_rounds']:   # a share of the kept dreams (top_k + n_random = 2 per passage, 2 passages)
+    assert 1 <= e['kept'] <= 4 and e['reward_rate'] * e['kept'] == round(e['reward_rate'] * e['kept'])
+  for when in ('before', 'after'):
+    qa = res[when]['no_context']
+    assert qa['n'] == len(qa['answers']) == res['n_questions'] > 0 and qa['recall'] == _recall(qa['answers'])
   assert np.isfinite(res['after']['probe_nll'])
   on_disk = json.loads((tmp_path / 'results.json').read_text())
   assert on_disk['before']['no_context']['n'] == res['n_questions']
@@ -252,10 +264,13 @@ def test_user_documents_through_the_config(tmp_path):
     c.knowledge.documents = str(path)
   docs = documents.load_docs(c.knowledge, c.seed)
   assert [d['id'] for d in docs] == ['doc-00001', 'x2'] and docs[0]['questions'][0]['answer'] == 'teal'
+  jobs.validate(c)                        # the entry point's check reads the same file and accepts it
   path.write_text('{"text": "ok"}\nnot json\n{"qa": []}\n')
   with pytest.raises(ValueError, match=r'mine.jsonl:2:.*\n.*mine.jsonl:3:'):
     documents.load_docs(c.knowledge, c.seed)
-  assert documents.load_jsonl  # the loader the job uses
+  named = r"(?s)bad config:\n  - knowledge.documents='[^']*mine.jsonl': .*mine.jsonl:2: invalid JSON"
+  with pytest.raises(ValueError, match=named):
+    jobs.validate(c)                      # ... and refuses it before anything is written, naming the key
 
 
 def test_lowmem_variant_changes_only_memory_knobs():

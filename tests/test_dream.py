@@ -1,6 +1,8 @@
 """Dreaming: rows and NLL against an unpadded numpy reference, gradient scores against per-row gradients, the
 vmapped inner loop equals the Python loop (1 and 8 devices), selection, rewards, ReST-EM rounds that move only
 the new experts, tasks, and the config's errors."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,9 +171,9 @@ def test_rounds_train_only_the_new_expert_and_reward_is_improvement():
   assert seen == [(1, 1), (2, 2)] and int(st['round']) == 2 and [h['round'] for h in hist] == [1, 2]
   for h in hist:
     c = h['contexts'][0]
-    assert len(c['kept']) == 2 and 0 <= h['reward_rate'] <= 1
     np.testing.assert_array_equal(c['rewards'], [float(t < c['tau_orig']) for t in c['tau_copies']])
-    assert bool(c['mstep_loss']) == any(c['rewards'])
+    assert len(c['kept']) == 2 and h['reward_rate'] == np.mean(c['rewards'])   # one context: its rewards' mean
+    assert len(c['mstep_loss']) == (CFG.mstep_steps if any(c['rewards']) else 0)
   new = _flat(dr.commit(params, st, index, view))
   old = _flat(params)
   j = index['layers_1']
@@ -180,11 +182,27 @@ def test_rounds_train_only_the_new_expert_and_reward_is_improvement():
   for k in changed:       # only the new expert's slot moved
     other = [s for s in range(old[k].shape[0]) if s != j]
     np.testing.assert_array_equal(old[k][other], new[k][other])
-  if any(h['reward_rate'] > 0 for h in hist):
-    assert changed
+  assert bool(changed) == any(h['reward_rate'] > 0 for h in hist)   # the M-step moves the expert iff rewarded
   # the jitted pieces compiled once for both rounds
   f = dr.fns(view)
   assert f['inner']._cache_size() == 1 and f['scores']._cache_size() == 1
+
+
+def test_rewarded_dreams_are_learned_by_the_m_step():
+  """Every kept dream rewarded by construction (reward_margin=-1e9: r = 1 unless the copy's tau is not finite),
+  so the M-step must run, move the new expert, and lower its loss on the kept dreams (a no-op M-step fails)."""
+  b = _built()
+  params, cms, index, view = _student(b)
+  dr = _dreamer(b, dataclasses.replace(CFG, rounds=1, mstep_steps=3, reward_margin=-1e9))
+  st, hist = dr.run(params, cms, index, view, [dream.knowledge_task(DOC, 3)], jax.random.key(0))
+  c = hist[0]['contexts'][0]
+  assert c['rewards'] == [1.0, 1.0] and hist[0]['reward_rate'] == 1.0
+  loss = c['mstep_loss']
+  assert len(loss) == 3 and loss[2] < loss[1] < loss[0], loss   # the kept dreams' loss falls step by step
+  old, new = _flat(params), _flat(dr.commit(params, st, index, view))
+  j = index['layers_1']
+  for k in ('layers_1/mlp/expert_a', 'layers_1/mlp/expert_b'):
+    assert not np.array_equal(old[k][j], new[k][j]), k
 
 
 def test_random_expert_changes_the_dreams_and_rows_draw_independently():

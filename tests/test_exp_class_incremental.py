@@ -79,7 +79,9 @@ def test_smoke_end_to_end(lab, tmp_path):
     assert set(row['methods']) == set(ci.METHODS)
     for m in ci.METHODS:
       assert len(row['methods'][m]) == config.ci.n_stages
-      assert all(0 <= r['acc'] <= 100 and len(r['acc_by_stage']) == s + 1 for s, r in enumerate(row['methods'][m]))
+      for s, r in enumerate(row['methods'][m]):   # a share of r['n'] answers, between its stages' accuracies
+        assert len(r['acc_by_stage']) == s + 1 and np.isclose(r['acc'] * r['n'] / 100, round(r['acc'] * r['n'] / 100))
+        assert min(r['acc_by_stage']) - 1e-9 <= r['acc'] <= max(r['acc_by_stage']) + 1e-9
     assert row['methods']['ewc'][0]['acc'] == row['methods']['finetune'][0]['acc']   # stage 1: no penalty yet
     w = tmp_path / f's{seed}'
     ci.report([row], str(w), config, 'smoke')

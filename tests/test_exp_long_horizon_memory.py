@@ -86,8 +86,7 @@ def test_merge_runs_split_by_method(tmp_path):
 
 
 def test_smoke_run_end_to_end(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             TF_CPP_MIN_LOG_LEVEL='3')
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   out = tmp_path / 'run'
   # m = 3 windows: 2 dropped, so sleep_L2 runs both its levels (level 0 at drops 1 and 2, level 1 on both windows)
   methods = ['icl', 'finetune', 'sleep_L2']   # full_context differs from icl only in the prompt (and compiles a long one)

@@ -108,3 +108,39 @@ def test_greedy_chat_answer(smol):
   out = sampler(params, [tok.chat_tokens(QUESTION)], max_new_tokens=24, rng=jax.random.PRNGKey(0), temperature=0.0)
   answer = tok.decode(out.tokens[0][out.mask[0]])
   assert 'Paris' in answer, answer
+
+
+# (text, a paraphrase of it, an unrelated sentence): short facts like the passages the main job reads
+JUDGE_PAIRS = [
+    ('The Orvane bridge is painted teal.', 'The colour of the Orvane bridge is teal.', 'Pelmor was founded in 1602.'),
+    ('Marta Velk invented the signal lamp in 1790.', 'The signal lamp was invented by Marta Velk in 1790.',
+     'The river freezes every winter.'),
+    ('Cats sleep for most of the day.', 'Most of the day, cats are asleep.', 'The train to Oslo leaves at noon.'),
+    ('The museum opens at nine in the morning.', 'At 9 a.m. the museum opens its doors.',
+     'Copper conducts electricity well.'),
+    ('Paris is the capital of France.', 'The capital city of France is Paris.', 'Bananas are rich in potassium.'),
+    ('The meeting was moved to Friday.', 'They rescheduled the meeting for Friday.', 'Penguins cannot fly.'),
+    ('Water boils at 100 degrees Celsius at sea level.', 'At sea level, water reaches its boiling point at 100 C.',
+     'The novel has twelve chapters.'),
+    ('Tom bought a red bicycle yesterday.', 'Yesterday Tom purchased a bicycle that is red.',
+     'The volcano last erupted in 1911.'),
+    ('The village of Dunmore has 300 inhabitants.', 'About 300 people live in the village of Dunmore.',
+     'She plays the violin in an orchestra.'),
+    ('The company was founded by two brothers.', 'Two brothers started the company.',
+     'Mount Everest is the highest mountain.'),
+]
+
+
+def test_the_smollm2_judge_cannot_tell_a_paraphrase_from_an_unrelated_sentence(smol):
+  """The judge (r_sem of Knowledge Seeding) on the real weights: SmolLM2-135M-Instruct gives a paraphrase and an
+  unrelated sentence the same P(yes) (measured 0.12-0.24 for both, mean gap -0.004; docs/judge.md). This is why
+  sleep.ks.gamma defaults to 0. If this test fails the judge has started to work: update docs/judge.md and
+  reconsider the default."""
+  from sleep_jax.rewards import Judge
+  cfg, params, tok = smol
+  judge = Judge(Transformer(cfg), tok, prompt_buckets=(128,))
+  p = judge(params, [(a, b) for a, b, _ in JUDGE_PAIRS] + [(a, u) for a, _, u in JUDGE_PAIRS])
+  para, unrelated = p[:len(JUDGE_PAIRS)], p[len(JUDGE_PAIRS):]
+  assert np.all((p > 0.05) & (p < 0.4)), p                   # a real forward pass, answering mostly "no"
+  gap = para - unrelated
+  assert abs(gap.mean()) < 0.03 and (gap <= 0).sum() >= 3, gap   # no separation: not even on average

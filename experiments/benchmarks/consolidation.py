@@ -13,11 +13,9 @@ plus the once-per-sleep teacher sampling. Median of --reps timed repetitions aft
 """
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from experiments.benchmarks import timing  # noqa: E402
+from experiments.benchmarks import timing
 
 
 def define_flags():

@@ -14,11 +14,9 @@ import json
 import os
 import platform
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from experiments.benchmarks import timing  # noqa: E402
+from experiments.benchmarks import timing
 
 
 def define_flags():

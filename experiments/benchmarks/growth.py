@@ -15,9 +15,7 @@ import os
 import statistics
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 _REPS = flags.DEFINE_integer('reps', 3, 'Timed train steps per model (median reported).')
 _OUT = flags.DEFINE_string('out', 'runs/bench_growth.json', 'Where the JSON results go.')

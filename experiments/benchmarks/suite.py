@@ -36,11 +36,9 @@ import platform
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from experiments.benchmarks import timing  # noqa: E402
+from experiments.benchmarks import timing
 
 SECTIONS = ('limits', 'sampler', 'train', 'ks', 'dream', 'compile', 'gpu')
 

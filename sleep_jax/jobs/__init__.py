@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sleep_jax import runtime
+from sleep_jax.data import documents
 from sleep_jax.jobs.generate import chat
 from sleep_jax.jobs.knowledge import sleep
 from sleep_jax.jobs.training import lm, wake
@@ -11,8 +12,15 @@ JOBS = {'chat': chat, 'lm': lm, 'wake': wake, 'sleep': sleep}
 
 
 def validate(config) -> None:
-  """`runtime.validate` plus the job name: every problem of the config at once, before anything is built."""
-  runtime.validate(config, [] if config.job in JOBS else [f'job={config.job!r} is not one of {sorted(JOBS)}'])
+  """`runtime.validate` plus the job name and the user's documents file: every problem of the config at once,
+  before anything is built or written (a bad documents file found by the job would leave a workdir behind)."""
+  problems = [] if config.job in JOBS else [f'job={config.job!r} is not one of {sorted(JOBS)}']
+  if 'knowledge' in config and config.knowledge.documents:
+    try:   # parsing the file is cheap; no model is needed to check it
+      documents.load_jsonl(config.knowledge.documents)
+    except (OSError, ValueError) as e:
+      problems.append(f'knowledge.documents={config.knowledge.documents!r}: {e}')
+  runtime.validate(config, problems)
 
 
 def run(config, workdir: str) -> dict:

@@ -63,9 +63,10 @@ class KSConfig:
   lam: float = 0.5                # GKD lambda: share of the divergence measured on student (on-policy) samples
   divergence: str = 'jsd'         # 'jsd' (generalised JSD(beta)) | 'fkl' | 'rkl'
   beta: float = 0.5
-  # r = gamma * r_sem + (1 - gamma) * r_abs. The default judge (frozen SmolLM2-135M) scored identical and
-  # unrelated pairs alike (p_yes ~0.2 for both, docs/design.md, Decisions), so r_sem is mostly noise here: 0.1.
-  gamma: float = 0.1
+  # r = gamma * r_sem + (1 - gamma) * r_abs. The default judge (frozen SmolLM2-135M) gives a paraphrase and an
+  # unrelated sentence the same P(yes) (~0.2, every prompt tried; docs/judge.md, tests/test_smollm2.py), so
+  # r_sem carries no signal with it: 0, and no judge forward passes are paid for. Set > 0 with a stronger judge.
+  gamma: float = 0.0
   z0_frac: float = 0.5            # r_abs threshold: lev <= z0_frac * max length, else 0
   reward_unit: str = 'token'      # Levenshtein over 'token's or 'char's
   judge_hard: bool = False        # r_sem = 1[p_yes > 0.5] instead of p_yes
