@@ -289,8 +289,9 @@ def test_lowmem_variant_changes_only_memory_knobs():
 def _growth_config(**sleep):
   """Three one-document sleeps on a pool of one expert per layer (3x more sleeps than model.n_experts), with
   the MLP levels learning while awake (Adam slots on level 0, an accumulator on level 1) so the wake optimizer
-  state grows too."""
-  c = _config(steps=1)
+  state grows too. One Knowledge Seeding update on teacher samples only (alpha=1, lam=0: no student rollouts to
+  compile) still trains each new expert through the rebuilt seeder."""
+  c = _config(steps=1, alpha=1.0, lam=0.0)
   with c.unlocked():
     c.model.n_experts = 1
     c.knowledge.n_docs = 3
