@@ -34,6 +34,11 @@ def sleep_fields() -> mlc.ConfigDict:
       prefix_prompts=4,               # sentence-prefix prompts per document
       max_probe_regression=0.05,      # reject a sleep whose retention-probe NLL rises more than 5%
       probe_seq_len=128, probe_rows=4,
+      # A sleep activates one new expert per receiver layer. When a receiver's pool is full: 'grow' grows every
+      # layer's pool before the sleep starts (function-preserving, growth.grow_pool; recorded in the checkpoint
+      # lineage), 'error' stops the run naming this key.
+      when_full='grow',
+      grow_by=0,                      # new expert slots per growth; 0 = double the pool
       # Knowledge Seeding and Dreaming: the typed configs' defaults are the values (one source of defaults;
       # each field's comment is in phases/consolidate.KSConfig and phases/dream.DreamConfig).
       ks=mlc.ConfigDict(dataclasses.asdict(KSConfig())),

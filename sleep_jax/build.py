@@ -114,6 +114,14 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
   return Built(cfg, model, params, shardings, tok, mesh, rules, cms)
 
 
+def with_model(b: Built, cfg: ModelConfig, params, cms) -> Built:
+  """`b` for another ModelConfig (a grown model): its module and parameter shardings by the same rules on the same
+  mesh, with `params` / `cms` (arrays or abstract) for it; tokenizer, mesh and rules kept."""
+  model = Transformer(cfg)
+  return dataclasses.replace(b, cfg=cfg, model=model, params=params, cms=cms,
+                             shardings=sharding.logical_shardings(abstract_params(model), b.mesh, b.rules))
+
+
 def _init_params(model: nn.Module):
   return lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32))['params']
 

@@ -29,15 +29,17 @@ import logging
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from flax import traverse_util
 
-from sleep_jax import faults, sharding
+from sleep_jax import build as build_lib
+from sleep_jax import faults, growth, sharding
 from sleep_jax.checkpoint import Checkpointer, abstract_like
 from sleep_jax.metrics import MetricLogger, progress
+from sleep_jax.models import cms as cms_lib
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.phases import dream as dream_lib
 from sleep_jax.phases import wake as wake_lib
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SLEEP_KEYS = ('ks_step', 'kind', 'receiver', 'stage', 'dream_round')   # position fields that live only in a sleep
 TEMPLATES = ('Tell me about {title}.', 'Complete the sentence: {prefix}')
+GROWTH_SALT = 999983            # growth draws its new experts from fold_in(key(seed), GROWTH_SALT), then per lineage
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,27 +115,48 @@ class Cycle:
   resumable. `probe_texts` default to the runtime's (validation essays)."""
 
   def __init__(self, runtime: Runtime, workdir: str, probe_texts: list[str] | None = None):
-    config, b = runtime.config, runtime.b
-    self.config, self.workdir, self.runtime = config, workdir, runtime
+    config = runtime.config
+    self.config, self.workdir = config, workdir
     self.guard = runtime.guard
-    wcfg = runtime.wcfg
-    state = wake_lib.init_wake_state(b.params, b.cms, wcfg)
-    shard = wake_lib.wake_state_shardings(state, b.shardings, b.mesh)
-    self.dcfg = runtime.dream_config()
-    seeder = runtime.seeder()
-    self.rt = Parts(b, wcfg, seeder.kcfg, runtime.wake_step(shard), shard, runtime.batch_sharding,
-                    runtime.sampler, seeder, runtime.dreamer(self.dcfg) if self.dcfg.enabled else None,
-                    runtime.probe(probe_texts), Checkpointer(workdir, keep=config.checkpoint.keep),
-                    runtime.n_shards)
-    self.state = jax.device_put(state, shard)
+    self._probe_texts = probe_texts
+    self.base_cfg = runtime.b.cfg   # the model before any growth: checkpoint lineages start from it
+    self.lineage: list[dict] = []   # growth records (growth.grow_pool), saved in checkpoint meta
+    self._assemble(runtime, Checkpointer(workdir, keep=config.checkpoint.keep))
     self.log_lines: list[dict] = []
     self.mlog = None
 
+  def _assemble(self, runtime: Runtime, ckpt, state=None):
+    """The cycle's shape-dependent parts from `runtime`: wake state shardings and step, seeder, dreamer, probe,
+    and the wake state (default: fresh from the runtime's parameters; abstract: a zero placeholder, a restore
+    target) placed by them. __init__ and `_rebuild` (a grown model) both construct through here."""
+    b, wcfg = runtime.b, runtime.wcfg
+    self.runtime = runtime
+    if state is None:
+      state = wake_lib.init_wake_state(b.params, b.cms, wcfg)
+    shard = wake_lib.wake_state_shardings(state, b.shardings, b.mesh)
+    self.dcfg = runtime.dream_config()
+    seeder = runtime.seeder()
+    parts = Parts(b, wcfg, seeder.kcfg, runtime.wake_step(shard), shard, runtime.batch_sharding,
+                  runtime.sampler, seeder, runtime.dreamer(self.dcfg) if self.dcfg.enabled else None,
+                  runtime.probe(self._probe_texts), ckpt, runtime.n_shards)
+    if hasattr(self, 'rt'):   # rebuilt in place: a loop holding `rt = self.rt` (Cycle.run) steps the grown model
+      self.rt.__dict__.update(parts.__dict__)
+    else:
+      self.rt = parts
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):
+      self.state = jax.jit(lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state), out_shardings=shard)()
+    else:
+      self.state = jax.device_put(state, shard)
+
   # ---- checkpoints ---------------------------------------------------------------------------
   def _meta(self, pos: dict) -> dict:
-    b = self.rt.b
-    return {'config': self.config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': [],
-            'wake': dataclasses.asdict(self.rt.wcfg), 'cycle': pos}
+    """Checkpoint meta: the config, the model ('base_model' grown by 'lineage' gives 'model', the shapes of the
+    saved arrays; `growth.config_from_meta` reads it back), the wake config and the cycle position."""
+    meta = growth.lineage_meta(self.base_cfg, self.lineage)
+    if meta['model'] != dataclasses.asdict(self.rt.b.cfg):
+      raise RuntimeError(f'cycle: the lineage {self.lineage} grows {self.base_cfg} into {meta["model"]}, but the '
+                         f'model is {self.rt.b.cfg}; a growth was not recorded')
+    return {'config': self.config.to_json(), **meta, 'wake': dataclasses.asdict(self.rt.wcfg), 'cycle': pos}
 
   def _save(self, pos: dict, ks_state=None, dream_state=None):
     n = int(pos['save_id'])
@@ -152,6 +176,10 @@ class Cycle:
       return None
 
     def target(meta):
+      cfg = growth.config_from_meta(meta)   # a grown run: rebuild its shapes before any array is read
+      if cfg != self.rt.b.cfg:
+        self._rebuild_for(cfg)
+      self.lineage = list(meta.get('lineage', []))
       pos = meta['cycle']
       t = {'wake': abstract_like(self.state, self.rt.shard)}
       if pos['phase'] == 'sleep' and pos.get('ks_step', 0) > 0:
@@ -164,6 +192,8 @@ class Cycle:
     tree, meta, extra = self.rt.ckpt.restore(target)
     pos = meta['cycle']
     self.state = tree['wake']
+    if self.lineage:
+      print(f'restored a grown model: {len(self.lineage)} growth(s), model.n_experts={self.rt.b.cfg.n_experts}')
     self.log_lines = list((extra or {}).get('events', []))
     self.guard.skipped.clear()
     self.guard.skipped.update((extra or {}).get('nonfinite_skips', {}))
@@ -179,6 +209,85 @@ class Cycle:
     view, student, index = self._student(pos)
     abstract = jax.eval_shape(lambda p: tree_fn(p, index, view), student['params'])
     return abstract_like(abstract, sharding.replicated(self.rt.b.mesh))
+
+  # ---- growth --------------------------------------------------------------------------------
+  def _rebuild(self, built: build_lib.Built, state):
+    """Rebuild every shape-dependent object for `built`'s (grown) model: the runtime's (model module, sampler,
+    judge, seeder, dreamer, probe: `Runtime.regrown`, the same constructor) and the cycle's own (wake step and
+    state shardings: `_assemble`, as in __init__). `state`: the wake state for the new shapes (abstract: a zero
+    placeholder, for a restore to fill). The checkpointer, guard, log and lineage carry over."""
+    self._assemble(self.runtime.regrown(built), self.rt.ckpt, state)
+
+  def _rebuild_for(self, cfg):
+    """The cycle rebuilt for model config `cfg` (a grown checkpoint's), its wake state a zero placeholder."""
+    grown = build_lib.with_model(self.rt.b, cfg, None, None)
+    params = nn.meta.unbox(build_lib.abstract_params(grown.model))
+    cms = jax.eval_shape(lambda: cms_lib.init_cms_state(cfg))
+    state = jax.eval_shape(lambda p, c: wake_lib.init_wake_state(p, c, self.rt.wcfg), params, cms)
+    self._rebuild(dataclasses.replace(grown, params=params, cms=cms), state)
+
+  def _receiver(self, pos) -> tuple[int, tuple[int, ...]]:
+    level = self.config.sleep.receiver_level if pos['kind'] == 'context' else pos['receiver']
+    return level, ks.layers_of_level(self.rt.wcfg, level)
+
+  def _full_layers(self, pos) -> list[int]:
+    """Receiver layers of the sleep at `pos` without a free expert slot (Knowledge Seeding with expansion
+    activates one new expert in each)."""
+    if not self.rt.kcfg.expand:
+      return []
+    cms = jax.device_get(self.state['cms'])
+    return [i for i in self._receiver(pos)[1]
+            if f'layers_{i}' not in cms or np.asarray(cms[f'layers_{i}']['mlp']['active']).all()]
+
+  def _ensure_room(self, pos):
+    """Before a sleep starts: when a receiver layer's expert pool is full, grow every pool (`sleep.when_full`
+    ='grow', by `sleep.grow_by` slots, 0 = double) with `growth.grow_pool` (parameters, active masks, wake
+    optimizer slots and accumulators: zeros in the new slots), rebuild the shape-dependent objects, record the
+    growth in the lineage and the event log and checkpoint it, so a resumed sleep sees the grown shapes; or
+    raise (`sleep.when_full='error'`)."""
+    full = self._full_layers(pos)
+    if not full:
+      return
+    sc, b = self.config.sleep, self.rt.b
+    S = b.cfg.n_experts
+    when_full, grow_by = sc.get('when_full', 'grow'), sc.get('grow_by', 0)
+    if when_full != 'grow':
+      raise ValueError(f"sleep {pos['sleep']} ({pos['kind']}): the expert pool of layer(s) {full} is full ({S} of "
+                       f'{S} experts active, model.n_experts={S}) and sleep.when_full={when_full!r}; the sleep '
+                       "needs one new expert per receiver layer: set sleep.when_full='grow' (it grows the pool by "
+                       'sleep.grow_by slots, 0 = double) or start with a larger model.n_experts')
+    n = S + (grow_by or max(S, 1))
+    level, layers = self._receiver(pos)
+    rank = None if S else self.config.model.get('expert_rank', 0)
+    if not S and not rank:
+      raise ValueError(f"sleep {pos['sleep']}: the model has no expert pool (model.n_experts=0) and "
+                       'model.expert_rank=0, so none can be grown; set model.expert_rank > 0 (or model.n_experts)')
+    new_cfg = growth.make_plan('grow_experts', b.cfg, n_experts=n, expert_rank=rank).new_cfg
+    grown_b = build_lib.with_model(b, new_cfg, None, None)
+    wcfg = self.rt.wcfg
+
+    def slots_template(params, cms):
+      st = jax.eval_shape(lambda p, c: wake_lib.init_wake_state(p, c, wcfg), params, cms)
+      return {'acc': st['acc'], 'opt_state': st['opt_state']}
+
+    note = {'level': level, 'layers': list(layers), 'full': full, 'from': S, 'to': n, 'at_doc': pos['doc'],
+            'sleep': pos['sleep']}
+    s = self.state
+    _, params, cms, slots, lineage = growth.grow_pool(
+        b.cfg, s['params'], s['cms'], jax.random.fold_in(jax.random.key(self.config.seed), GROWTH_SALT),
+        n_experts=n, expert_rank=rank, lineage=self.lineage, note=note,
+        slots={'acc': s['acc'], 'opt_state': s['opt_state']}, slots_template=slots_template,
+        param_shardings=grown_b.shardings)
+    self.lineage = lineage
+    self._rebuild(dataclasses.replace(grown_b, params=params, cms=cms), dict(s, params=params, cms=cms, **slots))
+    self.log_lines.append({'event': 'growth', **lineage[-1]})
+    print(f"sleep {pos['sleep']}: the expert pool of layer(s) {full} was full; grew every pool {S} -> {n} experts "
+          f"(sleep.when_full='grow', sleep.grow_by={grow_by})")
+    log.info('sleep %d: grew the expert pools %d -> %d', pos['sleep'], S, n)
+    pos['save_id'] += 1
+    self._save(dict(pos, phase='sleep', ks_step=0))
+    self.rt.ckpt.wait()   # the grown state is committed before the sleep spends time on it
+    faults.point('growth')
 
   # ---- sleep ---------------------------------------------------------------------------------
   def _student(self, pos):
@@ -202,6 +311,8 @@ class Cycle:
   def sleep(self, docs: list[dict], pos: dict, ks_state=None, dream_state=None) -> dict:
     """One sleep over the buffered `docs`: Knowledge Seeding, then Dreaming when enabled; returns its event
     record (committed or rejected, and why)."""
+    if ks_state is None and dream_state is None:   # a sleep starting (resumed ones saw the grown state already)
+      self._ensure_room(pos)
     rt, c = self.rt, self.config
     t0 = time.perf_counter()
     probe_before = rt.probe(self.state['params'], self.state['cms'])

@@ -3,8 +3,9 @@
 `SLEEP_JAX_CRASH_AT=<point>:<n>` (set in the environment of a run) kills the process with SIGKILL the n-th time
 (1-based) it passes `point`. Points: 'wake_step' (a wake step applied, its checkpoint not yet written),
 'ks_step' (a Knowledge Seeding update applied, not yet saved), 'dream_round' (a Dreaming round done, not yet
-saved), 'checkpoint_write' (inside a checkpoint write: its files on disk, the commit marker not) and
-'train_step' (a step of the `lm` / `wake` jobs applied, not yet saved).
+saved), 'checkpoint_write' (inside a checkpoint write: its files on disk, the commit marker not),
+'growth' (the cycle grew a full expert pool before a sleep and that grown state is committed, the sleep not yet
+begun) and 'train_step' (a step of the `lm` / `wake` jobs applied, not yet saved).
 Unset, every `point()` is one dict lookup. A real SIGKILL, not an exception: no `finally`, no flush, no
 atexit handler runs, exactly like a preempted VM.
 """
@@ -15,7 +16,7 @@ import signal
 import sys
 
 ENV = 'SLEEP_JAX_CRASH_AT'
-POINTS = ('wake_step', 'ks_step', 'dream_round', 'checkpoint_write', 'train_step')
+POINTS = ('wake_step', 'ks_step', 'dream_round', 'checkpoint_write', 'growth', 'train_step')
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:

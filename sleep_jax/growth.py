@@ -23,7 +23,8 @@ records real growth. Changing head_dim is not supported (RoPE frequencies and th
 on it, so no surgery preserves the function).
 
 Lineage: `grow` appends JSON-able {'op', 'args'} records (they go into checkpoint meta); `apply_lineage` replays
-them. Op i of a lineage draws its new random weights from fold_in(rng, i), so growing step by step with `grow`
+them. A record may carry note keys beside them (the cycle's growth notes 'from', 'to', 'layers', 'at_doc',
+'sleep'): replay ignores them. Op i of a lineage draws its new random weights from fold_in(rng, i), so growing step by step with `grow`
 and one base key, and replaying the lineage with that key, give identical trees.
 """
 from __future__ import annotations
@@ -460,9 +461,44 @@ def add_layers(cfg: ModelConfig, params: Params, rng, *, at: Sequence[int] | Non
 
 
 def grow_experts(cfg: ModelConfig, params: Params, rng, *, n_experts: int, expert_rank: int | None = None):
-  """Enlarge every block's expert pool to `n_experts` (the new experts inactive, so the function is unchanged;
-  grow the 'cms' masks with `grow_tree_like(cms, cms_lib.init_cms_state(new_cfg), fill=False, plan=...)`)."""
+  """Enlarge every block's expert pool to `n_experts` (the new experts inactive, so the function is unchanged);
+  `grow_pool` also grows the 'cms' active masks, optimizer slots and the lineage."""
   return _run('grow_experts', cfg, params, rng, n_experts=n_experts, expert_rank=expert_rank)
+
+
+def grow_pool(cfg: ModelConfig, params: Params, cms, rng, *, n_experts: int, expert_rank: int | None = None,
+              lineage: Sequence[dict] = (), note: dict | None = None, slots=None,
+              slots_template: Callable[[Params, Any], Any] | None = None, param_shardings=None):
+  """The one way to grow a CMS expert pool: every block's pool -> `n_experts` slots, with everything that is
+  shaped by the pool grown alike. Returns (new_cfg, new_params, new_cms, new_slots, new_lineage).
+
+  params: old experts and every other leaf bit-identical; new experts inactive with the module's init (router
+    0, A ~ N(0, 1/D), B ~ N(0, 0.02^2/R), so dreaming there injects novelty), drawn from
+    fold_in(rng, len(lineage)) as `grow` does, so `apply_lineage` replays them. From a plain model
+    (n_experts=0) the pool is created; `expert_rank` then gives its rank.
+  cms: the active masks grow with False (inactive) in the new slots: the function is unchanged.
+  slots: optional tree of optimizer states / gradient accumulators over (parts of) the parameters; its
+    parameter-shaped leaves keep their values and get zeros in the new slots (Adam's mu/nu start there), other
+    leaves (counters) carry over. `slots_template(new_params, new_cms)` gives its grown structure (abstract is
+    enough, e.g. `jax.eval_shape(tx.init, new_params)`).
+  lineage / note: the record appended is growth's {'op', 'args'} plus the `note` keys (where and why it
+    grew: ignored by replay, kept in checkpoint meta).
+  param_shardings: lay the grown parameters out for the new shapes inside the one jitted program.
+  """
+  plan = make_plan('grow_experts', cfg, n_experts=n_experts, expert_rank=expert_rank)
+  validate_params(cfg, params)
+  new_params = _grow_params(plan, params, jax.random.fold_in(rng, len(lineage)), param_shardings)
+  new_cms = grow_tree_like(cms, cms_lib.init_cms_state(plan.new_cfg), fill=False, plan=plan)
+  new_slots = None
+  if slots is not None:
+    if slots_template is None:
+      raise ValueError('grow_pool: slots need slots_template(new_params, new_cms) for their grown structure')
+    new_slots = grow_tree_like(slots, slots_template(new_params, new_cms), fill=0, plan=plan)
+  note = dict(note or {})
+  clash = sorted(set(note) & {'op', 'args'})
+  if clash:
+    raise ValueError(f'grow_pool: note keys {clash} would overwrite the lineage record\'s own fields')
+  return plan.new_cfg, new_params, new_cms, new_slots, list(lineage) + [{**plan.record(), **note}]
 
 
 OPS: dict[str, Callable[..., tuple[ModelConfig, Params]]] = {
@@ -566,8 +602,9 @@ def _plans(cfg: ModelConfig, lineage: Sequence[dict]) -> list[Plan]:
     raise ValueError(f'growth lineage must be a list of {{"op", "args"}} records, got {type(lineage).__name__}')
   plans = []
   for i, entry in enumerate(lineage):
-    if not isinstance(entry, dict) or set(entry) != {'op', 'args'} or not isinstance(entry['args'], dict):
-      raise ValueError(f'growth lineage[{i}] must be {{"op": name, "args": {{...}}}}, got {entry!r}')
+    if not isinstance(entry, dict) or not {'op', 'args'} <= set(entry) or not isinstance(entry['args'], dict):
+      raise ValueError(f'growth lineage[{i}] must be {{"op": name, "args": {{...}}}} (plus optional note keys), '
+                       f'got {entry!r}')
     try:
       plans.append(make_plan(entry['op'], cfg, **entry['args']))
     except ValueError as e:

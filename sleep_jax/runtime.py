@@ -143,6 +143,10 @@ def validate(config, problems: list[str] | None = None) -> None:
     run(lambda: dream_config(c))
     need(c.sleep.max_probe_regression >= 0,
          f'sleep.max_probe_regression={c.sleep.max_probe_regression} must be >= 0')
+    if 'when_full' in c.sleep:
+      need(c.sleep.when_full in ('grow', 'error'),
+           f"sleep.when_full={c.sleep.when_full!r} must be 'grow' (grow a full expert pool) or 'error'")
+      need(c.sleep.grow_by >= 0, f'sleep.grow_by={c.sleep.grow_by} must be >= 0 (0: double the pool)')
     if 'wake' in c and not tuple(c.wake.level_of_layer):
       need(0 <= c.sleep.receiver_level < c.wake.n_levels,
            f'sleep.receiver_level={c.sleep.receiver_level} must name a CMS level (0..{c.wake.n_levels - 1})')
@@ -158,7 +162,7 @@ class Runtime:
   """Everything a run builds from its config, built once per process and shared."""
 
   def __init__(self, config, built: build_lib.Built | None = None, *, eos_ids=None):
-    self.config = config
+    self.config, self._eos_ids = config, eos_ids
     self.b = built if built is not None else build_lib.build(config)
     self.tokenizer = self.b.tokenizer
     self.guard = NonFiniteGuard.from_config(config)
@@ -167,6 +171,14 @@ class Runtime:
     self.n_shards = batch_shards(self.b)
     self.wcfg = wake_config(config, self.b.cfg) if 'wake' in config else None
     self._seeders, self._dreamers, self._probes = {}, {}, {}
+
+  def regrown(self, built: build_lib.Built) -> 'Runtime':
+    """This runtime for a grown model (`built`, e.g. `build.with_model`): every object that depends on the model's
+    shapes (module, sampler, judge, seeders, dreamers, probes, wake config) built anew by this same constructor;
+    the guard is shared, so its skip counts run on."""
+    rt = Runtime(self.config, built, eos_ids=self._eos_ids)
+    rt.guard = self.guard
+    return rt
 
   # ---- typed configs ------------------------------------------------------------------------
   def ks_config(self, **overrides) -> ks.KSConfig:

@@ -5,9 +5,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
+from sleep_jax import growth
 from sleep_jax.models import cms as cms_lib
 from sleep_jax.models.llama import ModelConfig, Transformer
 
@@ -175,10 +177,23 @@ def test_activation_errors_name_layer_and_pool(base):
   assert not bool(c['layers_0']['mlp']['active'][2]) and not np.asarray(p['layers_0']['mlp']['router'][:, 2]).any()
 
 
-def test_grow_expert_pool_preserves_logits_and_old_experts(base):
+def test_grow_pool_preserves_logits_old_experts_and_optimizer_slots(base):
+  """growth.grow_pool, the one way to grow a pool: parameters, active masks, optimizer slots and lineage."""
   params, cms = base
-  cfg2, p2, c2 = cms_lib.grow_expert_pool(CFG, params, cms, 2, jax.random.key(5))
+  tx = optax.adam(1e-3)
+  opt = tx.init(params)
+  opt = jax.tree.map(lambda x: x + 1 if x.dtype == jnp.float32 else x + 3, opt)   # non-zero slots, count 3
+  cfg2, p2, c2, opt2, lineage = growth.grow_pool(
+      CFG, params, cms, jax.random.key(5), n_experts=S + 2, slots=opt,
+      slots_template=lambda p, c: jax.eval_shape(tx.init, p), note={'from': S, 'to': S + 2, 'sleep': 3})
   assert (cfg2.n_experts, cfg2.expert_rank) == (S + 2, R)
+  assert lineage == [{'op': 'grow_experts', 'args': {'n_experts': S + 2}, 'from': S, 'to': S + 2, 'sleep': 3}]
+  assert growth.config_from_meta(growth.lineage_meta(CFG, lineage)) == cfg2   # notes do not disturb replay
+  _, replayed = growth.apply_lineage(CFG, params, lineage, jax.random.key(5))
+  for k, v in traverse_util.flatten_dict(p2).items():
+    np.testing.assert_array_equal(v, traverse_util.flatten_dict(replayed)[k], err_msg='/'.join(k))
+  mu, mu2 = opt[0].mu, opt2[0].mu
+  assert int(opt2[0].count) == 3
   for i in range(2):
     old, new = params[f'layers_{i}']['mlp'], p2[f'layers_{i}']['mlp']
     assert new['expert_a'].shape == (S + 2, 32, R) and new['router'].shape == (32, S + 2)
@@ -190,6 +205,11 @@ def test_grow_expert_pool_preserves_logits_and_old_experts(base):
     np.testing.assert_array_equal(act[:S], np.asarray(cms[f'layers_{i}']['mlp']['active']))
     assert not act[S:].any()
     assert np.abs(new['expert_b'][S:]).max() > 0      # fresh random B: dreaming can inject novelty
+    m, m2 = mu[f'layers_{i}']['mlp'], mu2[f'layers_{i}']['mlp']
+    np.testing.assert_array_equal(m2['expert_a'][:S], m['expert_a'])
+    np.testing.assert_array_equal(m2['router'][:, :S], m['router'])
+    assert not np.asarray(m2['expert_a'][S:]).any() and not np.asarray(m2['router'][:, S:]).any()   # Adam init
+    np.testing.assert_array_equal(m2['w_up'], m['w_up'])
   ref = fwd(params, cms, TOKS)
   out = fwd_cfg(cfg2, {'params': p2, 'cms': c2}, TOKS)
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=PRESERVE_ATOL, rtol=0)
@@ -205,20 +225,13 @@ def test_grow_from_a_plain_model_adds_the_pool(base):
   plain = {k: ({**v, 'mlp': {n: w for n, w in v['mlp'].items() if n.startswith('w_')}} if 'mlp' in v else v)
            if isinstance(v, dict) else v for k, v in params.items()}
   cfg0 = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
-  with pytest.raises(ValueError, match='pass rank > 0'):
-    cms_lib.grow_expert_pool(cfg0, plain, {}, 2, jax.random.key(0))
-  cfg1, p1, c1 = cms_lib.grow_expert_pool(cfg0, plain, {}, S, jax.random.key(0), rank=R)
+  with pytest.raises(ValueError, match='pass expert_rank to create one'):
+    growth.grow_pool(cfg0, plain, {}, jax.random.key(0), n_experts=2)
+  cfg1, p1, c1, _, _ = growth.grow_pool(cfg0, plain, {}, jax.random.key(0), n_experts=S, expert_rank=R)
   assert cfg1 == CFG
   assert jax.tree.map(jnp.shape, p1) == jax.tree.map(jnp.shape, params)
   ref = fwd_cfg(cfg0, {'params': plain}, TOKS)
   np.testing.assert_allclose(np.asarray(fwd(p1, c1, TOKS)), np.asarray(ref), atol=PRESERVE_ATOL, rtol=0)
-
-
-def test_pad_expert_axis():
-  x = jnp.arange(6.0).reshape(3, 2)
-  np.testing.assert_array_equal(cms_lib.pad_expert_axis(x, 2, 7.0, axis=1),
-                                [[0, 1, 7, 7], [2, 3, 7, 7], [4, 5, 7, 7]])
-  assert cms_lib.pad_expert_axis(jnp.ones(3, bool), 1, False).tolist() == [True, True, True, False]
 
 
 def test_dream_rng_activates_one_random_inactive_expert_per_layer(base):

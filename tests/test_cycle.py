@@ -296,3 +296,105 @@ def test_lowmem_variant_changes_only_memory_knobs():
   assert shapes(Transformer(cfg)) == shapes(Transformer(default_cfg))
   with pytest.raises(ValueError, match="'lowmem'"):
     sleep_config.get_config('low')
+
+
+# ---- growth in the loop ---------------------------------------------------------------------------------------
+
+
+def _growth_config(**sleep):
+  """Three one-document sleeps on a pool of one expert per layer (3x more sleeps than model.n_experts), with
+  the MLP levels learning while awake (Adam slots on level 0, an accumulator on level 1) so the wake optimizer
+  state grows too. One Knowledge Seeding update on teacher samples only (alpha=1, lam=0: no student rollouts to
+  compile) still trains each new expert through the rebuilt seeder."""
+  c = _config(steps=1, alpha=1.0, lam=0.0)
+  with c.unlocked():
+    c.model.n_experts = 1
+    c.knowledge.n_docs = 3
+    c.cycle.docs_per_sleep = 1
+    c.wake.update(dict(lr=0.01, optimizer='adamw'))
+    c.sleep.update(sleep)
+  return c
+
+
+def _growth_main(workdir):
+  """The growth run in a process of its own (each run of the SIGKILL test): the test process's settings."""
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  c = _growth_config()
+  _cycle(c, workdir)[0].run(documents.load_docs(c.knowledge, c.seed))
+
+
+def _growth_process(workdir, cache, crash=None):
+  """(returncode, stderr) of `_growth_main` in a new process; all share one persistent compilation cache, so
+  only the first compiles."""
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+             JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  env.pop('SLEEP_JAX_CRASH_AT', None)
+  if crash:
+    env['SLEEP_JAX_CRASH_AT'] = crash
+  p = subprocess.run([sys.executable, '-c', 'import sys; from tests.test_cycle import _growth_main; '
+                      '_growth_main(sys.argv[1])', str(workdir)], env=env, capture_output=True, text=True,
+                     timeout=600)
+  return p.returncode, p.stdout + p.stderr
+
+
+def test_growth_sigkilled_right_after_it_is_checkpointed_then_rerun_is_bit_identical(tmp_path):
+  """3 sleeps on a pool of 1 expert: the cycle grows the full pool before the sleep (1 -> 2 -> 4 experts,
+  optimizer slots, accumulators and lineage included). A run SIGKILLed right after the first growth is
+  committed, rerun, restores the grown shapes from the checkpoint's meta, grows again itself and ends
+  bit-identical to an uninterrupted run; a restart of the finished run restores the grown shapes."""
+  import signal
+  c = _growth_config()
+  cache = tmp_path / 'jax_cache'
+  rc, out = _growth_process(tmp_path / 'ref', cache)
+  assert rc == 0, out[-3000:]
+  rc, out = _growth_process(tmp_path / 'cut', cache, crash='growth:1')
+  assert rc == -signal.SIGKILL and '[faults] SIGKILL at growth #1' in out, out[-3000:]
+  rc, out = _growth_process(tmp_path / 'cut', cache)
+  assert rc == 0 and 'restored a grown model: 1 growth(s), model.n_experts=2' in out, out[-3000:]
+
+  ref, b = _cycle(c, tmp_path / 'ref')      # built at the config's shapes (1 expert) ...
+  assert b.cfg.n_experts == 1
+  ref._restore()                            # ... restored at the grown ones from the checkpoint's meta
+  assert ref.rt.b.cfg.n_experts == 4 and ref.rt.b.model.cfg.n_experts == 4 and ref.runtime.b is ref.rt.b
+  events = ref.log_lines
+  grown = [e for e in events if e['event'] == 'growth']
+  assert [(e['from'], e['to'], e['sleep'], e['at_doc'], e['layers']) for e in grown] == [(1, 2, 1, 2, [0]),
+                                                                                          (2, 4, 2, 3, [0])]
+  assert [e['args'] for e in ref.lineage] == [{'n_experts': 2}, {'n_experts': 4}]
+  sleeps = [e for e in events if e['event'] == 'sleep']
+  assert [e['expert_index'] for e in sleeps] == [{'layers_0': 0}, {'layers_0': 1}, {'layers_0': 2}]
+  assert all(e['committed'] for e in sleeps)
+  assert np.asarray(ref.state['cms']['layers_0']['mlp']['active']).tolist() == [True] * 3 + [False]
+  mu = np.asarray(ref.state['opt_state'][0][0].mu['layers_0']['mlp']['expert_a'])   # level 0's Adam slots
+  assert mu.shape[0] == 4 and mu[:3].any()
+  assert ref.state['acc'][1]['layers_1']['mlp']['router'].shape[-1] == 4            # level 1's accumulator
+  meta = ref.rt.ckpt.restore_meta()
+  assert meta['model']['n_experts'] == 4 and meta['base_model']['n_experts'] == 1
+
+  cut, _ = _cycle(c, tmp_path / 'cut')
+  cut._restore()
+  no_time = lambda evs: [{k: v for k, v in e.items() if k != 'seconds' and not k.endswith('_s')} for e in evs]
+  assert no_time(cut.log_lines) == no_time(events) and cut.lineage == ref.lineage
+  a, z = (jax.tree_util.tree_leaves_with_path(jax.device_get(x.state)) for x in (ref, cut))
+  assert [k for k, _ in a] == [k for k, _ in z]
+  for (k, x), (_, y) in zip(a, z):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))
+
+
+def test_a_full_pool_with_when_full_error_stops_naming_the_key(tmp_path):
+  c = _growth_config(when_full='error')
+  cyc, _ = _cycle(c, tmp_path)
+  cms = jax.tree.map(lambda a: np.ones_like(a), jax.device_get(cyc.state['cms']))
+  cyc.state = dict(cyc.state, cms=cms)
+  with pytest.raises(ValueError, match=r"sleep 0 \(context\): the expert pool of layer\(s\) \[0\] is full \(1 of 1 "
+                                       r"experts active, model.n_experts=1\) and sleep.when_full='error'.*"
+                                       r"set sleep.when_full='grow'"):
+    cyc.sleep([], {'kind': 'context', 'sleep': 0, 'doc': 0, 'save_id': 0})
+  with c.unlocked():
+    c.sleep.when_full = 'prune'
+  with pytest.raises(ValueError, match=r"sleep.when_full='prune' must be 'grow'"):
+    runtime.validate(c)

@@ -79,8 +79,9 @@ def load_model(name: str):
 def with_experts(cfg, params):
   """The same model with one active rank-16 expert per layer (B random, so every term is live)."""
   import jax
+  from sleep_jax import growth
   from sleep_jax.models import cms
-  cfg2, p, c = cms.grow_expert_pool(cfg, params, {}, 1, jax.random.key(1), rank=EXPERT_RANK)
+  cfg2, p, c, _, _ = growth.grow_pool(cfg, params, {}, jax.random.key(1), n_experts=1, expert_rank=EXPERT_RANK)
   for i in range(cfg.n_layers):
     p, c, _ = cms.activate_expert(p, c, i, 0)
     mlp = p[f'layers_{i}']['mlp']

@@ -46,7 +46,7 @@ def sleep(config, workdir: str) -> dict:
               'probe_nll': cyc.rt.probe(b.params, b.cms)}
     write_json(before_path, before)
   events = cyc.run(docs)
-  st = cyc.state
+  st, sampler = cyc.state, cyc.runtime.sampler   # the cycle's own: rebuilt when a sleep grew the expert pools
   after = {'no_context': _qa('qa after', sampler, st['params'], st['cms'], tok, docs, config),
            'probe_nll': cyc.rt.probe(st['params'], st['cms'])}
   sleeps = [e for e in events if e.get('event') == 'sleep']
@@ -54,6 +54,7 @@ def sleep(config, workdir: str) -> dict:
          'before': before, 'after': after, 'sleeps': sleeps,
          'ks_steps': [e for e in events if e.get('event') == 'ks_step'],
          'dream_rounds': [e for e in events if e.get('event') == 'dream_round'],
+         **({'growth': cyc.lineage} if cyc.lineage else {}),   # pools grown when a sleep found them full
          'ks': dict(config.sleep.ks), 'nonfinite_skips': dict(cyc.guard.skipped),
          'seconds': time.perf_counter() - t_start, **run_info(config)}
   write_json(os.path.join(workdir, 'results.json'), res)

@@ -26,8 +26,6 @@ step keeps the same extra experts for the whole generation. The effective mask i
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -40,10 +38,6 @@ from sleep_jax.models.layers import MLP, ModelConfig, _init, _param
 
 Params = Any
 CmsState = Any
-
-# Position of the expert axis in each expert-pool leaf (for padding parameters and optimizer slots).
-EXPERT_AXIS = {'router': 1, 'expert_a': 0, 'expert_b': 0}
-
 
 def expert_a_std(d_model: int) -> float:
   return 1.0 / math.sqrt(d_model)
@@ -131,13 +125,14 @@ def activate_expert(params: Params, cms: CmsState, layer: int,
   lk = f'layers_{layer}'
   if lk not in cms or 'active' not in cms[lk].get('mlp', {}):
     raise ValueError(f'layer={layer} has no expert pool (cms state keys: {sorted(cms)}); '
-                     'set model.n_experts > 0 or grow_expert_pool first')
+                     'set model.n_experts > 0, or grow one with growth.grow_pool')
   active = np.asarray(jax.device_get(cms[lk]['mlp']['active']))
   S = active.shape[0]
   if index is None:
     free = np.flatnonzero(~active)
     if free.size == 0:
-      raise ValueError(f'layer {layer}: expert pool is full ({S} of {S} active); grow_expert_pool first')
+      raise ValueError(f'layer {layer}: expert pool is full ({S} of {S} active); grow it with growth.grow_pool '
+                       '(the cycle does so when sleep.when_full=\'grow\')')
     index = int(free[0])
   if not 0 <= index < S:
     raise ValueError(f'layer {layer}: expert index={index} is out of range for a pool of size {S}')
@@ -166,51 +161,3 @@ def deactivate_expert(params: Params, cms: CmsState, layer: int, index: int) -> 
   new_active = jnp.asarray(cms[lk]['mlp']['active']).at[index].set(False)
   new_cms = _with_mlp(cms, lk, {**cms[lk]['mlp'], 'active': new_active})
   return _with_mlp(params, lk, mlp), new_cms
-
-
-def pad_expert_axis(x, n_new: int, fill: float | bool = 0, axis: int = 0):
-  """Append `n_new` entries filled with `fill` along the expert axis (see EXPERT_AXIS), e.g. Adam slots."""
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, n_new)
-  return jnp.pad(x, pad, constant_values=fill)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def new_experts(rng, layer, n: int, d_model: int, rank: int, dtype) -> dict:
-  """Fresh inactive experts for `layer` with the module's init: router 0, A ~ N(0, 1/D), B ~ N(0, 0.02^2/R)."""
-  z = jax.random.normal(jax.random.fold_in(rng, layer), (2, n * d_model * rank))   # one draw: one RNG kernel
-  return {'router': jnp.zeros((d_model, n), dtype),
-          'expert_a': (expert_a_std(d_model) * z[0].reshape(n, d_model, rank)).astype(dtype),
-          'expert_b': (expert_b_std(rank) * z[1].reshape(n, rank, d_model)).astype(dtype)}
-
-
-def grow_expert_pool(cfg: ModelConfig, params: Params, cms: CmsState, n_new: int, rng,
-                     rank: int | None = None) -> tuple[ModelConfig, Params, CmsState]:
-  """Pool size S -> S + n_new in every layer; new experts inactive (so logits are unchanged).
-
-  Old experts and every other leaf are bit-identical. From S = 0 (a plain pretrained model) this adds the
-  router / expert leaves next to the unchanged base MLP; then `rank` gives R.
-  """
-  if n_new <= 0:
-    raise ValueError(f'grow_expert_pool: n_new={n_new} must be positive')
-  R = cfg.expert_rank if cfg.n_experts else rank
-  if not R or R <= 0:
-    raise ValueError(f'grow_expert_pool: model.n_experts=0, so pass rank > 0 (got rank={rank})')
-  if cfg.n_experts and rank not in (None, cfg.expert_rank):
-    raise ValueError(f'grow_expert_pool: rank={rank} differs from model.expert_rank={cfg.expert_rank}')
-  D, S = cfg.d_model, cfg.n_experts
-  new_params, new_cms = dict(params), dict(cms)
-  for i in range(cfg.n_layers):
-    lk = f'layers_{i}'
-    mlp = dict(params[lk]['mlp'])
-    fresh = new_experts(rng, i, n_new, D, R, jnp.dtype(mlp['w_up'].dtype))
-    if S == 0:
-      mlp.update(fresh)
-      active = jnp.zeros((n_new,), bool)
-    else:
-      for name, ax in EXPERT_AXIS.items():
-        mlp[name] = jnp.concatenate([mlp[name], fresh[name]], axis=ax)
-      active = pad_expert_axis(jnp.asarray(cms[lk]['mlp']['active']), n_new, False)
-    new_params[lk] = {**params[lk], 'mlp': mlp}
-    new_cms[lk] = {**cms.get(lk, {}), 'mlp': {**cms.get(lk, {}).get('mlp', {}), 'active': active}}
-  return dataclasses.replace(cfg, n_experts=S + n_new, expert_rank=R), new_params, new_cms
