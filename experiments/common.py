@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
-import optax
 
-from sleep_jax import guard, results, runtime, train
+from sleep_jax import results, runtime, train
 from sleep_jax.models.cms import variables
 from sleep_jax.phases import consolidate as ks
 
