@@ -86,7 +86,8 @@ def doc_batch(tokenizer, doc: dict, seq_len: int, rows: int) -> dict:
 
 def apply_held(state: dict, wcfg, levels) -> dict:
   """Apply the held-back boundary updates of `levels` exactly as the wake step would have, resetting their
-  accumulators (used after a protocol sleep, and for a rejected one, whose sender update is still owed)."""
+  accumulators (for the held updates no consolidation applied, after a step's protocol sleeps, and for a
+  rejected protocol sleep, whose sender update is still owed)."""
   for l in levels:
     if not state['acc'][l]:
       continue

@@ -44,8 +44,8 @@ def _bad(**overrides):
     ({'cycle.protocol': True, 'wake.lr': 0.1, 'wake.n_levels': 1}, r'cycle.protocol=True needs >= 2 CMS levels'),
     ({'cycle.protocol': True, 'wake.level_of_layer': (0, 1), 'wake.periods': (1, 0), 'wake.lrs': (0.1, 0.1)},
      r'wake.periods\[1\]=0: a frozen level'),
-    ({'cycle.protocol': True, 'wake.level_of_layer': (0, 2, 2), 'wake.periods': (1, 2, 4), 'wake.lrs': (.1,) * 3},
-     r'CMS level 1 holding no layer'),
+    ({'cycle.protocol': True, 'wake.level_of_layer': (0, 2, 2), 'wake.periods': (1, 2, 4),
+      'wake.lrs': (.1,) * 3}, r'CMS level 1 holding no layer'),
     ({'cycle.protocol': True, 'wake.lr': 0.1, 'wake.factor': 10, 'cycle.consolidations_per_period': 4},
      r'cycle.consolidations_per_period=4 must divide C\^\(1\)/C\^\(0\) = 10/1 = 10'),
     ({'cycle.protocol': True, 'wake.lr': 0.1, 'cycle.consolidations_per_period': 0},
@@ -55,6 +55,16 @@ def _bad(**overrides):
 def test_out_of_range_config_values_are_named(overrides, match):
   with pytest.raises(ValueError, match=match):
     jobs.validate(_bad(**overrides))
+
+
+@pytest.mark.parametrize('overrides', [
+    {'wake.lr': 0.1, 'wake.factor': 10, 'cycle.consolidations_per_period': 10},   # the paper's 1k/10k -> 10
+    {'wake.lr': 0.1, 'wake.base_period': 2, 'wake.factor': 4, 'cycle.consolidations_per_period': 2},
+    {'wake.level_of_layer': (0, 1), 'wake.periods': (2, 6), 'wake.lrs': (0.1, 0.0),   # the receiver may not learn
+     'cycle.consolidations_per_period': 3},
+])
+def test_protocol_layouts_the_cycle_runs_validate(overrides):
+  jobs.validate(_bad(**{'cycle.protocol': True, **overrides}))
 
 
 def test_every_shipped_config_validates():

@@ -12,8 +12,9 @@ Wake state is a plain dict:
    'acc': [acc_l per level], 'opt_state': [optax state per level] (+ one 'other' entry with train_other)}
 acc_l is the params tree pruned to level l's leaves (`level_masks`), float32; it is {} for levels that need
 no accumulator (period 0 or 1, or no layers), except that a period-1 level listed in `WakeConfig.holdable` keeps
-one: its every-step update can then be held back for a sleep (the level -> level protocol's period-1 senders). The traced step decides boundaries with `lax.cond`, so one
-compilation serves a whole stream (`step.n_traces` counts traces).
+one: its every-step update can then be held back for a sleep (the level -> level protocol's period-1 senders).
+The traced step decides boundaries with `lax.cond`, so one compilation serves a whole stream (`step.n_traces`
+counts traces).
 """
 from __future__ import annotations
 
