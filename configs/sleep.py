@@ -54,7 +54,15 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       split='validation', allow_test=False, data_seed=0, n_docs=2,
       answer_tokens=24, eval_batch=16, with_context_eval=True,
       max_doc_chars=0))                # 0 = whole documents; else cut at a sentence end before this
-  c.cycle = mlc.ConfigDict(dict(docs_per_sleep=2, seq_len=256, protocol=False, sleep_at_end=True))
+  c.cycle = mlc.ConfigDict(dict(
+      docs_per_sleep=2,                # a full memory buffer puts the model to a context -> MLP sleep
+      seq_len=256,                     # tokens of a document read per wake step
+      # Level -> level consolidation (PAPER sec. 2; schedule in sleep_jax/cycle.py): needs wake.lr > 0.
+      protocol=False,
+      # With protocol: consolidations of level l-1 into level l per period of level l. 1 = at level l's
+      # boundary; C^(l)/C^(l-1) = at every boundary of l-1 (the paper's 1k/10k -> 10). Must divide C^(l)/C^(l-1).
+      consolidations_per_period=1,
+      sleep_at_end=True))              # sleep on a non-empty buffer after the last document
   # The knowledge task measures consolidation of the context alone: the MLP levels do not learn while awake
   # (lr 0; attention is the fast memory). wake.lr > 0 lets them learn online, and cycle.protocol=True then
   # consolidates level l-1 into level l at its boundaries (PAPER sec. 2).

@@ -7,10 +7,30 @@ Two things put the model to sleep:
   the pre-sleep model reading each buffered document in its prompt; the student sees only the prompt; one new
   expert per layer of `sleep.receiver_level` learns by Knowledge Seeding (PAPER sec. 1, "the fastest level is
   the context itself");
-- with `cycle.protocol`, a wake-step boundary of a level l >= 1: the *level -> level* protocol. The wake step
-  holds back the boundary updates of l-1 (sender) and l; the sender's update is computed, consolidated into a
-  new expert of level l (teacher: the pre-update model; student: updated sender, sender's experts pruned), then
-  applied, and level l's own held update is applied after the sleep (PAPER sec. 2).
+- with `cycle.protocol`, the *level -> level* protocol (PAPER sec. 2): the sender l-1's boundary update is
+  computed, consolidated into a new expert of level l (teacher: the pre-update model; student: updated sender,
+  sender's experts pruned), then applied.
+
+The protocol's schedule (`protocol_schedule`, a pure function of the wake step count). Wake step n (n documents
+read, 1-based) is at level l's boundary when n % C^(l) == 0. With p = `cycle.consolidations_per_period`, the pair
+(l-1 -> l) consolidates after every step n with n % (C^(l) / p) == 0: p times per receiver period (p = 1: at the
+receiver's boundary; p = C^(l) / C^(l-1): at every sender boundary, the paper's 1k/10k -> 10 consolidations).
+`jobs.validate` makes p divide C^(l) / C^(l-1), so every consolidation falls on a sender boundary, and the pairs
+due at a step are always 0->1, 1->2, ..., k-1->k for some k. At such a step:
+
+  1. the wake step holds back the boundary update of every sender and of every receiver at its own boundary
+     (`protocol_hold`; a period-1 level keeps an accumulator for this, `WakeConfig.holdable`);
+  2. the pairs consolidate in order, fastest first: 0->1, then 1->2, ... Each sleep's teacher is the model
+     the previous one left, so what 0->1 put into level 1 is part of what 1->2 moves on to level 2. Each
+     sender's held update is applied by its own consolidation (or, when safe sleep rejects it, without);
+  3. the held updates of levels that were not senders (the slowest receiver, at its boundary) are applied,
+     exactly as the wake step would have (`apply_held`);
+  4. then the context sleep, when the memory buffer is due.
+
+Every held update is thus applied exactly once, at the step it was due, and the checkpoint before each
+consolidation records which one is next (`receiver`), so a run resumes between two consolidations of a step or
+inside one. With `cycle.protocol` the log holds one 'wake' event per step (levels updated, levels held), one
+'held_applied' event per step 3, and each protocol 'sleep' event names its step, sender and receiver.
 
 Safe sleep: before a consolidation is committed the retention probe (NLL on held-out text the model knew
 before) is measured; a relative rise above `sleep.max_probe_regression` rejects it, the pre-sleep state is kept
@@ -69,7 +89,8 @@ def doc_batch(tokenizer, doc: dict, seq_len: int, rows: int) -> dict:
 
 def apply_held(state: dict, wcfg, levels) -> dict:
   """Apply the held-back boundary updates of `levels` exactly as the wake step would have, resetting their
-  accumulators (used after a protocol sleep, and for a rejected one, whose sender update is still owed)."""
+  accumulators (for the held updates no consolidation applied, after a step's protocol sleeps, and for a
+  rejected protocol sleep, whose sender update is still owed)."""
   for l in levels:
     if not state['acc'][l]:
       continue
@@ -82,6 +103,35 @@ def apply_held(state: dict, wcfg, levels) -> dict:
     opt_state[l] = opt
     state = dict(state, params=traverse_util.unflatten_dict(flat), acc=acc, opt_state=opt_state)
   return state
+
+
+# ---------------------------------------------------------------------------------------------------
+# The level -> level protocol's schedule (module docstring)
+
+
+def protocol_schedule(step: int, periods, lrs, per_period: int = 1) -> list[tuple[int, int]]:
+  """(sender, receiver) pairs that consolidate right after wake step `step` (1-based count of steps done), in
+  the order they run: fastest first. Pair (l-1, l) fires p = `per_period` times per C^(l); a frozen level
+  (period 0) or a sender that does not learn (lr 0) takes no part (`jobs.validate` refuses such a layout)."""
+  out = []
+  for r in range(1, len(periods)):
+    s = r - 1
+    if periods[r] <= 0 or periods[s] <= 0 or not lrs[s] > 0:
+      continue
+    every, rest = divmod(periods[r], per_period)
+    if rest or every % periods[s]:
+      raise ValueError(f'cycle.consolidations_per_period={per_period} must divide C^({r})/C^({s}) = '
+                       f'{periods[r]}/{periods[s]} (each consolidation falls on a boundary of the sender)')
+    if step % every == 0:
+      out.append((s, r))
+  return out
+
+
+def protocol_hold(step: int, periods, pairs) -> list[int]:
+  """Levels whose boundary update wake step `step` holds back for `pairs` (= protocol_schedule(step, ...)):
+  every sender, and every receiver at its own boundary (its teacher is the model before that update)."""
+  held = {s for s, _ in pairs} | {r for _, r in pairs if step % periods[r] == 0}
+  return sorted(held)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,6 +403,8 @@ class Cycle:
     event = {'event': 'sleep', 'sleep': pos['sleep'], 'kind': pos['kind'], 'docs': [d['id'] for d in docs],
              'probe_nll_before': probe_before, 'probe_nll_after': probe_after, 'probe_rise': rise,
              'committed': bool(ok), 'ks_history': hist, 'expert_index': {k: int(v) for k, v in index.items()}}
+    if pos['kind'] == 'protocol':
+      event.update(step=int(self.state['step']), sender=pos['receiver'] - 1, receiver=pos['receiver'])
     if ok and rt.dreamer is not None:
       d_params, d_hist = self._dream(docs, pos, params, cms, index, view, st, dream_state)
       d_state = settle(d_params)
@@ -379,8 +431,6 @@ class Cycle:
         self.state = jax.device_put(apply_held(self.state, rt.wcfg, [pos['receiver'] - 1]), rt.shard)
       print(f"sleep {pos['sleep']} rejected: {event['why']}")
       log.warning('sleep %d rejected: %s', pos['sleep'], event['why'])
-    if pos['kind'] == 'protocol':
-      self.state = jax.device_put(apply_held(self.state, rt.wcfg, [pos['receiver']]), rt.shard)
     self.log_lines.append({k: v for k, v in event.items() if k not in ('ks_history', 'dream_history')})
     return event
 
@@ -410,37 +460,72 @@ class Cycle:
                                progress_desc=f"sleep {pos['sleep']} (dream)")
     return rt.dreamer.commit(params, dst, index, view), hist
 
-  # ---- run -----------------------------------------------------------------------------------
+  # ---- run ---------------------------------------------------------------------------------
+  def _protocol(self, step: int) -> list[tuple[int, int]]:
+    c, w = self.config.cycle, self.rt.wcfg
+    if not c.protocol:
+      return []
+    return protocol_schedule(step, w.periods, w.lrs, c.get('consolidations_per_period', 1))
+
+  def _sleeps(self, docs: list[dict], pos: dict, tree: dict | None = None):
+    """The sleeps due right after the wake step of document pos['doc'] - 1: the step's protocol consolidations
+    (fastest first), the held updates no consolidation applied, then the context sleep when the buffer is due.
+    `tree`: the restored checkpoint when resuming inside one of them (pos['phase'] == 'sleep')."""
+    rt, c = self.rt, self.config
+    by_id = {d['id']: d for d in docs}
+    buffered = lambda: [by_id[j] for j in pos['buffer']]
+    resume = pos['kind'] if tree is not None else None
+    step = int(self.state['step'])
+    if resume in (None, 'protocol'):
+      pairs = self._protocol(step)
+      for s, r in pairs:
+        if resume == 'protocol' and r < pos['receiver']:
+          continue                                       # done before the checkpoint
+        if resume == 'protocol' and r == pos['receiver']:
+          self.sleep(buffered(), pos, tree.get('ks'), tree.get('dream'))
+          resume = None
+        else:
+          pos.update(phase='sleep', kind='protocol', receiver=r, ks_step=0, save_id=pos['save_id'] + 1)
+          self._save(pos)
+          self.sleep(buffered(), pos)
+        pos.update(phase='wake', sleep=pos['sleep'] + 1)
+      rest = [l for l in protocol_hold(step, rt.wcfg.periods, pairs) if l not in {s for s, _ in pairs}]
+      if rest:
+        self.state = jax.device_put(apply_held(self.state, rt.wcfg, rest), rt.shard)
+        self.log_lines.append({'event': 'held_applied', 'step': step, 'levels': rest})
+      resume = None
+    due = len(pos['buffer']) >= c.cycle.docs_per_sleep or (
+        pos['doc'] == len(docs) and pos['buffer'] and c.cycle.sleep_at_end)
+    if resume == 'context':
+      self.sleep(buffered(), pos, tree.get('ks'), tree.get('dream'))
+    elif due:
+      pos.update(phase='sleep', kind='context', ks_step=0, save_id=pos['save_id'] + 1)
+      self._save(pos)
+      self.sleep(buffered(), pos)
+    if resume == 'context' or due:
+      pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
+    for k in SLEEP_KEYS:
+      pos.pop(k, None)
+    pos['save_id'] += 1
+    self._save(pos)
+
   def run(self, docs: list[dict]) -> list[dict]:
     """Wake over `docs` one per step; sleep when the buffer fills (and at level boundaries with protocol)."""
     rt, c = self.rt, self.config
-    per_sleep = c.cycle.docs_per_sleep
-    by_id = {d['id']: d for d in docs}
     self.mlog = mlog = MetricLogger(self.workdir)
     restored = self._restore()
     pos = {'doc': 0, 'sleep': 0, 'buffer': [], 'phase': 'wake', 'save_id': 0}
     if restored:
       pos, tree = restored
-      if pos['phase'] == 'sleep':
-        self.sleep([by_id[i] for i in pos['buffer']], pos, tree.get('ks'), tree.get('dream'))
-        pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[] if pos['kind'] == 'context' else pos['buffer'],
-                   save_id=pos['save_id'] + 1)
-        if len(pos['buffer']) >= per_sleep:   # a context sleep was due at the same document
-          pos.update(phase='sleep', kind='context', ks_step=0)
-          self.sleep([by_id[i] for i in pos['buffer']], pos)
-          pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
-        for k in SLEEP_KEYS:
-          pos.pop(k, None)
-        self._save(pos)
-    live = [l for l in range(1, rt.wcfg.n_levels) if rt.wcfg.periods[l] > 0 and rt.wcfg.lrs[l - 1] > 0]
+      if pos['phase'] == 'sleep':   # finish the interrupted step's sleeps
+        self._sleeps(docs, pos, tree)
     bar = progress(range(pos['doc'], len(docs)), desc='wake')
     for i in bar:
       doc = docs[i]
       step_no = int(self.state['step']) + 1
       hold = np.zeros((rt.wcfg.n_levels,), bool)
-      fire = [l for l in live if c.cycle.protocol and step_no % rt.wcfg.periods[l] == 0]
-      for l in fire:
-        hold[l - 1] = hold[l] = True
+      held = protocol_hold(step_no, rt.wcfg.periods, self._protocol(step_no))
+      hold[held] = True
       batch = jax.device_put(doc_batch(rt.b.tokenizer, doc, c.cycle.seq_len, rt.rows), rt.batch_sh)
       self.state, m = rt.step_fn(self.state, batch, hold)
       loss = float(m['loss'])
@@ -449,22 +534,12 @@ class Cycle:
       faults.point('wake_step')
       mlog.write_scalars(step_no, {'wake/loss': loss})
       bar.set_metrics({'loss': loss})
+      if c.cycle.protocol:
+        updated = np.flatnonzero(np.asarray(jax.device_get(m['boundary']))).tolist()
+        self.log_lines.append({'event': 'wake', 'step': step_no, 'updated': updated, 'held': held})
       pos['buffer'].append(doc['id'])
       pos['doc'] = i + 1
-      for l in fire[-1:]:   # the slowest firing level receives (its sender is l - 1)
-        pos.update(phase='sleep', kind='protocol', receiver=l, ks_step=0, save_id=pos['save_id'] + 1)
-        self._save(pos)
-        self.sleep([by_id[j] for j in pos['buffer']], pos)
-        pos.update(phase='wake', sleep=pos['sleep'] + 1)
-      if len(pos['buffer']) >= per_sleep or (i + 1 == len(docs) and pos['buffer'] and c.cycle.sleep_at_end):
-        pos.update(phase='sleep', kind='context', ks_step=0, save_id=pos['save_id'] + 1)
-        self._save(pos)
-        self.sleep([by_id[j] for j in pos['buffer']], pos)
-        pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
-      for k in SLEEP_KEYS:
-        pos.pop(k, None)
-      pos['save_id'] += 1
-      self._save(pos)
+      self._sleeps(docs, pos)
     rt.ckpt.wait()
     mlog.close()
     return self.log_lines

@@ -44,8 +44,12 @@ def wake_config(config, cfg) -> wake_lib.WakeConfig:
   if not level_of_layer:
     level_of_layer, periods = wake_lib.default_levels(cfg.n_layers, w.n_levels, w.base_period, w.factor)
     lrs = lrs or (w.lr,) * len(periods)
+  # The cycle's level -> level protocol holds boundary updates back for its sleeps: its levels keep accumulators
+  # even at period 1. Without it the wake step is exactly as before (no accumulator for period-1 levels).
+  protocol = 'cycle' in config and config.cycle.get('protocol', False)
+  holdable = tuple(l for l, c in enumerate(periods) if c > 0) if protocol else ()
   return wake_lib.WakeConfig(level_of_layer=level_of_layer, periods=periods, lrs=lrs, optimizer=w.optimizer,
-                             train_other=w.train_other, other_lr=w.other_lr)
+                             train_other=w.train_other, other_lr=w.other_lr, holdable=holdable)
 
 
 def ks_config(config, **overrides) -> ks.KSConfig:
@@ -138,6 +142,7 @@ def validate(config, problems: list[str] | None = None) -> None:
   if 'cycle' in c:
     need(c.cycle.docs_per_sleep >= 1, f'cycle.docs_per_sleep={c.cycle.docs_per_sleep} must be >= 1')
     need(c.cycle.seq_len >= 1, f'cycle.seq_len={c.cycle.seq_len} must be >= 1')
+    problems += protocol_problems(c)
   if 'sleep' in c:
     run(lambda: ks_config(c))
     run(lambda: dream_config(c))
@@ -152,6 +157,55 @@ def validate(config, problems: list[str] | None = None) -> None:
            f'sleep.receiver_level={c.sleep.receiver_level} must name a CMS level (0..{c.wake.n_levels - 1})')
   if problems:
     raise ValueError('bad config:\n  - ' + '\n  - '.join(dict.fromkeys(problems)))
+
+
+def protocol_problems(c) -> list[str]:
+  """What makes `cycle.protocol` / `cycle.consolidations_per_period` unrunnable for the wake levels (the
+  schedule is cycle.protocol_schedule): each protocol pair is (level l-1 -> level l) for l = 1..n-1."""
+  cyc = c.cycle
+  p = cyc.get('consolidations_per_period', 1)
+  if not isinstance(p, int) or p < 1:
+    return [f'cycle.consolidations_per_period={p!r} must be an integer >= 1']
+  if not cyc.get('protocol', False):
+    return [] if p == 1 else [f'cycle.consolidations_per_period={p} has no effect without cycle.protocol=True; '
+                              'set it to 1 or turn the protocol on']
+  if 'wake' not in c:
+    return ['cycle.protocol=True consolidates CMS levels into each other, but the config has no wake block']
+  w = c.wake
+  if tuple(w.level_of_layer):
+    periods, lrs = tuple(w.periods), tuple(w.lrs)
+    if len(lrs) != len(periods):
+      return []   # reported by the wake config's own check
+  else:
+    periods = tuple(w.base_period * w.factor ** l for l in range(w.n_levels))
+    lrs = tuple(w.lrs) or (w.lr,) * len(periods)
+  if len(periods) < 2:
+    return [f'cycle.protocol=True needs >= 2 CMS levels (one consolidates into the next), but wake has '
+            f'{len(periods)}; set wake.n_levels (or wake.periods) or cycle.protocol=False']
+  out = []
+  for l, cl in enumerate(periods):
+    if cl == 0:
+      out.append(f'cycle.protocol=True with wake.periods[{l}]=0: a frozen level can neither send its wake update '
+                 'nor receive a consolidation; drop the level or set cycle.protocol=False')
+    elif tuple(w.level_of_layer) and l not in tuple(w.level_of_layer):
+      out.append(f'cycle.protocol=True with CMS level {l} holding no layer (wake.level_of_layer='
+                 f'{tuple(w.level_of_layer)}): it has nothing to send or receive')
+  for r in range(1, len(periods)):
+    s = r - 1
+    if not periods[s] or not periods[r]:
+      continue
+    if not lrs[s] > 0:
+      out.append(f'cycle.protocol=True consolidates level {s} into level {r}, but level {s} does not learn while '
+                 f'awake (wake.lrs[{s}]={lrs[s]}, or wake.lr): its update is what is consolidated; set it > 0 '
+                 'or cycle.protocol=False')
+    if periods[r] % periods[s]:
+      continue   # reported by the wake config's own check (chunk sizes nest)
+    ratio = periods[r] // periods[s]
+    if ratio % p:
+      out.append(f'cycle.consolidations_per_period={p} must divide C^({r})/C^({s}) = {periods[r]}/{periods[s]} = '
+                 f'{ratio} (wake.periods {periods}): each consolidation of level {s} into {r} falls on a '
+                 f'boundary of level {s}, whose held update it consolidates')
+  return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -39,10 +39,32 @@ def _bad(**overrides):
     ({'sleep.receiver_level': 5}, r'sleep.receiver_level=5 must name a CMS level'),
     ({'model.source': 'gguf', 'model.path': '/nonexistent/m.gguf'}, r"model.path='/nonexistent/m.gguf' is not a file"),
     ({'model.n_heads': 3}, r'model.n_heads=3 must be a multiple of model.n_kv_heads=2'),
+    # the level -> level protocol: layouts the cycle cannot run
+    ({'cycle.protocol': True}, r'level 0 does not learn while awake \(wake.lrs\[0\]=0.0'),
+    ({'cycle.protocol': True, 'wake.lr': 0.1, 'wake.n_levels': 1}, r'cycle.protocol=True needs >= 2 CMS levels'),
+    ({'cycle.protocol': True, 'wake.level_of_layer': (0, 1), 'wake.periods': (1, 0), 'wake.lrs': (0.1, 0.1)},
+     r'wake.periods\[1\]=0: a frozen level'),
+    ({'cycle.protocol': True, 'wake.level_of_layer': (0, 2, 2), 'wake.periods': (1, 2, 4),
+      'wake.lrs': (.1,) * 3}, r'CMS level 1 holding no layer'),
+    ({'cycle.protocol': True, 'wake.lr': 0.1, 'wake.factor': 10, 'cycle.consolidations_per_period': 4},
+     r'cycle.consolidations_per_period=4 must divide C\^\(1\)/C\^\(0\) = 10/1 = 10'),
+    ({'cycle.protocol': True, 'wake.lr': 0.1, 'cycle.consolidations_per_period': 0},
+     r'cycle.consolidations_per_period=0 must be an integer >= 1'),
+    ({'cycle.consolidations_per_period': 2}, r'consolidations_per_period=2 has no effect without cycle.protocol'),
 ])
 def test_out_of_range_config_values_are_named(overrides, match):
   with pytest.raises(ValueError, match=match):
     jobs.validate(_bad(**overrides))
+
+
+@pytest.mark.parametrize('overrides', [
+    {'wake.lr': 0.1, 'wake.factor': 10, 'cycle.consolidations_per_period': 10},   # the paper's 1k/10k -> 10
+    {'wake.lr': 0.1, 'wake.base_period': 2, 'wake.factor': 4, 'cycle.consolidations_per_period': 2},
+    {'wake.level_of_layer': (0, 1), 'wake.periods': (2, 6), 'wake.lrs': (0.1, 0.0),   # the receiver may not learn
+     'cycle.consolidations_per_period': 3},
+])
+def test_protocol_layouts_the_cycle_runs_validate(overrides):
+  jobs.validate(_bad(**{'cycle.protocol': True, **overrides}))
 
 
 def test_every_shipped_config_validates():

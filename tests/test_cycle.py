@@ -1,5 +1,6 @@
-"""The wake/sleep cycle: the main job's smoke run, resume in the middle of a sleep, safe sleep, the protocol
-inside the cycle, and a user's own documents."""
+"""The wake/sleep cycle: the main job's smoke run, resume in the middle of a sleep, safe sleep, the level -> level
+protocol inside the cycle (against a hand-written schedule, and resumed in the middle), and a user's own
+documents."""
 import json
 
 import flax.linen as nn
@@ -240,21 +241,6 @@ def test_safe_sleep_rejects_a_regression_and_keeps_the_pre_sleep_state(tmp_path)
   assert not np.asarray(cyc.state['cms']['layers_0']['mlp']['active']).any()
 
 
-def test_protocol_consolidates_level_0_into_level_1_at_its_boundary(tmp_path):
-  c = _config(steps=2)
-  with c.unlocked():
-    c.wake.update(dict(n_levels=2, base_period=2, factor=2, lr=0.05))
-    c.cycle.update(dict(protocol=True, docs_per_sleep=100, sleep_at_end=False))
-    c.knowledge.n_docs = 4
-  cyc, _ = _cycle(c, tmp_path)
-  events = cyc.run(documents.load_docs(c.knowledge, c.seed))
-  sleeps = [e for e in events if e.get('event') == 'sleep']
-  assert [(e['kind'], e['committed']) for e in sleeps] == [('protocol', True)]
-  assert np.asarray(cyc.state['cms']['layers_1']['mlp']['active']).sum() == 1   # the receiver's new expert
-  assert not np.asarray(cyc.state['cms']['layers_0']['mlp']['active']).any()
-  assert all(np.all(np.asarray(a) == 0) for a in jax.tree.leaves(cyc.state['acc']))
-
-
 def test_user_documents_through_the_config(tmp_path):
   path = tmp_path / 'mine.jsonl'
   path.write_text('{"text": "The Orvane bridge is painted teal.", "qa": [["What colour is the Orvane bridge?", '
@@ -398,3 +384,127 @@ def test_a_full_pool_with_when_full_error_stops_naming_the_key(tmp_path):
     c.sleep.when_full = 'prune'
   with pytest.raises(ValueError, match=r"sleep.when_full='prune' must be 'grow'"):
     runtime.validate(c)
+
+
+# ---- the level -> level protocol's schedule (sleep_jax/cycle.py docstring) ----------------------------------
+
+def _protocol_config(n_levels, per_period, n_docs, steps=0):
+  """n_levels CMS levels of one layer each, periods 1, 2, 4, ... (level 0 is a period-1 sender), adamw (its step
+  count tells how many updates each level received), every sleep committed."""
+  c = _config(steps=steps)
+  with c.unlocked():
+    c.model.update(dict(n_layers=n_levels, n_experts=3))
+    c.wake.update(dict(n_levels=n_levels, base_period=1, factor=2, lr=0.01, optimizer='adamw'))
+    c.cycle.update(dict(protocol=True, consolidations_per_period=per_period, docs_per_sleep=100,
+                        sleep_at_end=False, seq_len=64))
+    c.knowledge.n_docs = n_docs
+    c.sleep.max_probe_regression = 1e9
+  jobs.validate(c)
+  return c
+
+
+# Hand-written, one line per step of the pattern (repeats): (levels updated by the wake step, levels held back,
+# consolidations in order, held updates applied after them).
+REFERENCE = {
+    # periods (1, 2, 4), once per receiver period: 0->1 at every 2nd step, 1->2 at every 4th, fastest first
+    (3, 1): [([0], [], [], []),
+             ([], [0, 1], [(0, 1)], [1]),
+             ([0], [], [], []),
+             ([], [0, 1, 2], [(0, 1), (1, 2)], [2])],
+    # periods (1, 2, 4, 8), twice per receiver period: 0->1 every step, 1->2 every 2nd, 2->3 every 4th
+    (4, 2): [([], [0], [(0, 1)], []),
+             ([], [0, 1], [(0, 1), (1, 2)], []),
+             ([], [0], [(0, 1)], []),
+             ([], [0, 1, 2], [(0, 1), (1, 2), (2, 3)], []),
+             ([], [0], [(0, 1)], []),
+             ([], [0, 1], [(0, 1), (1, 2)], []),
+             ([], [0], [(0, 1)], []),
+             ([], [0, 1, 2, 3], [(0, 1), (1, 2), (2, 3)], [3])],
+}
+
+
+def _protocol_trace(events):
+  """The log as (step, what) records in order: what the run actually did."""
+  out = []
+  for e in events:
+    if e.get('event') == 'wake':
+      out.append((e['step'], 'wake', tuple(e['updated']), tuple(e['held'])))
+    elif e.get('event') == 'sleep' and e['kind'] == 'protocol':
+      out.append((e['step'], 'consolidate', e['sender'], e['receiver'], e['committed']))
+    elif e.get('event') == 'held_applied':
+      out.append((e['step'], 'apply', tuple(e['levels'])))
+  return out
+
+
+def _check_schedule(events, n_levels, per_period, n_docs):
+  pattern = REFERENCE[(n_levels, per_period)]
+  want = []
+  for t in range(1, n_docs + 1):
+    updated, held, pairs, after = pattern[(t - 1) % len(pattern)]
+    want.append((t, 'wake', tuple(updated), tuple(held)))
+    want += [(t, 'consolidate', s, r, True) for s, r in pairs]
+    want += [(t, 'apply', tuple(after))] if after else []
+  assert _protocol_trace(events) == want
+  assert [cycle_lib.protocol_schedule(t, (1, 2, 4, 8)[:n_levels], (0.01,) * n_levels, per_period)
+          for t in range(1, len(pattern) + 1)] == [p[2] for p in pattern]
+
+
+def _check_updates_applied_once(state, n_docs):
+  """adamw's count = the updates applied to each level: exactly steps / C^(l) = n_docs / 2^l, none left held."""
+  for l, opt in enumerate(state['opt_state']):
+    counts = {int(x) for x in jax.tree.leaves(jax.tree.map(np.asarray, opt)) if np.ndim(x) == 0}
+    assert counts == {n_docs // 2 ** l}, (l, counts)
+  assert all(not np.asarray(a).any() for a in jax.tree.leaves(state['acc']))
+
+
+@pytest.fixture(scope='module')
+def protocol_reference(tmp_path_factory):
+  """An uninterrupted protocol run over 8 documents (periods 1, 2, 4: 0->1 every 2nd step, 0->1 then 1->2 every
+  4th), 2 Knowledge Seeding updates a sleep, saved after each."""
+  c = _protocol_config(3, 1, 8, steps=2)
+  docs = documents.load_docs(c.knowledge, c.seed)
+  ref, _ = _cycle(c, tmp_path_factory.mktemp('protocol_ref'))
+  ref.run(docs)
+  return c, docs, ref
+
+
+def test_protocol_follows_the_reference_schedule_3_levels(protocol_reference):
+  """Every wake update, every held update and every consolidation happens at the step the hand-written reference
+  says, in order (a period-1 sender, coincident boundaries of 3 levels), and each held update is applied once."""
+  c, docs, ref = protocol_reference
+  _check_schedule(ref.log_lines, 3, 1, len(docs))
+  _check_updates_applied_once(ref.state, len(docs))
+  active = lambda l: int(np.asarray(ref.state['cms'][f'layers_{l}']['mlp']['active']).sum())
+  # step 8 consolidated 0->1 (level 0 pruned), then 1->2 (level 1 pruned); level 2 kept the experts of steps 4, 8
+  assert [active(l) for l in range(3)] == [0, 0, 2]
+
+
+def test_protocol_follows_the_reference_schedule_4_levels_twice_per_period(tmp_path):
+  """The same over 4 levels with 2 consolidations per receiver period (14 consolidations in 8 steps)."""
+  c = _protocol_config(4, 2, 8)
+  cyc, _ = _cycle(c, tmp_path)
+  _check_schedule(cyc.run(documents.load_docs(c.knowledge, c.seed)), 4, 2, 8)
+  _check_updates_applied_once(cyc.state, 8)
+
+
+def test_resume_in_the_middle_of_a_protocol_sleep_is_bit_identical(tmp_path, monkeypatch, protocol_reference):
+  """Killed at step 4 between its two consolidations (0->1 done, 1->2 not started), then, resumed, killed again
+  inside 1->2 (after its first KS update): the twice-resumed run applies every held update once and ends
+  bit-identical to the uninterrupted one: parameters, accumulators, optimizer states, the log."""
+  c, docs, ref = protocol_reference
+  at = lambda ks_step: lambda pos: (pos.get('phase') == 'sleep' and pos.get('kind') == 'protocol' and
+                                    pos.get('receiver') == 2 and pos.get('ks_step') == ks_step)
+  _stop_after_save(c, docs, tmp_path, monkeypatch, at(0))
+  _stop_after_save(c, docs, tmp_path, monkeypatch, at(1))
+  second, _ = _cycle(c, tmp_path)
+  events = second.run(docs)
+  leaves = lambda t: {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+                      jax.tree_util.tree_leaves_with_path(jax.device_get(t))}
+  a, b = leaves(ref.state), leaves(second.state)
+  assert set(a) == set(b) and any('acc' in k for k in a)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  drop = lambda evs: [(k, v) for e in evs for k, v in sorted(e.items()) if k not in ('seconds', 'update_s', 'sample_s',
+                                                                                   'teacher_sample_s')]
+  assert _protocol_trace(events) == _protocol_trace(ref.log_lines)
+  assert drop(events) == drop(ref.log_lines)

@@ -220,3 +220,29 @@ def test_one_and_eight_devices_agree(stream, devices8):
   np.testing.assert_allclose(l8, stream['losses'][:4], rtol=1e-5)
   for path, x in stream['seq'][4].items():
     np.testing.assert_allclose(f8[path], x, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_a_holdable_period_1_level_keeps_an_accumulator_and_can_be_held():
+  """The protocol's period-1 sender (WakeConfig.holdable): without holdable a period-1 level has no accumulator
+  and `hold` cannot stop its update (what made sender_update raise); holdable, a held step leaves its weights as
+  they were with the step's gradient in the accumulator, and an unheld step updates them as the plain path does."""
+  import dataclasses
+  params, cms = host_params()
+  plain, holdable = WCFG, dataclasses.replace(WCFG, holdable=(0, 1, 2))
+  assert wake.init_wake_state(params, cms, plain)['acc'][0] == {}
+  fresh = lambda w: jax.tree.map(np.asarray, wake.init_wake_state(params, cms, w))   # (the step donates it)
+  assert jax.tree.leaves(fresh(holdable)['acc'][0])
+  b = batches(1)[0]
+  step_plain, step_h = wake.make_wake_step(MODEL, plain), wake.make_wake_step(MODEL, holdable)
+  ref, _ = step_plain(to_device(fresh(plain)), b, hold=[True, False, False])
+  free, m_free = step_h(to_device(fresh(holdable)), b)
+  held, m_held = step_h(to_device(fresh(holdable)), b, hold=[True, False, False])
+  assert np.asarray(m_free['boundary'])[0] and not np.asarray(m_held['boundary'])[0]
+  p0, pr, pf, ph = flat(params), flat(ref['params']), flat(free['params']), flat(held['params'])
+  lvl0 = [k for k in p0 if level_of(k) == 0]
+  for k in lvl0:
+    assert not np.array_equal(pr[k], p0[k]), k                        # plain path: hold is ignored
+    np.testing.assert_allclose(pf[k], pr[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    np.testing.assert_array_equal(ph[k], p0[k], err_msg=k)
+  assert np.abs(np.concatenate([np.ravel(x) for x in jax.tree.leaves(held['acc'][0])])).max() > 0
+  assert not any(np.asarray(x).any() for x in jax.tree.leaves(free['acc'][0]))

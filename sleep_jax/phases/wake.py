@@ -11,8 +11,10 @@ Wake state is a plain dict:
   {'step': int32[], 'params': params, 'cms': cms state,
    'acc': [acc_l per level], 'opt_state': [optax state per level] (+ one 'other' entry with train_other)}
 acc_l is the params tree pruned to level l's leaves (`level_masks`), float32; it is {} for levels that need
-no accumulator (period 0 or 1, or no layers). The traced step decides boundaries with `lax.cond`, so one
-compilation serves a whole stream (`step.n_traces` counts traces).
+no accumulator (period 0 or 1, or no layers), except that a period-1 level listed in `WakeConfig.holdable` keeps
+one: its every-step update can then be held back for a sleep (the level -> level protocol's period-1 senders).
+The traced step decides boundaries with `lax.cond`, so one compilation serves a whole stream (`step.n_traces`
+counts traces).
 """
 from __future__ import annotations
 
@@ -45,9 +47,13 @@ class WakeConfig:
   b2: float = 0.95
   eps: float = 1e-8
   weight_decay: float = 0.0
+  # Levels whose boundary update a sleep may hold back (`WakeStep(hold=...)`): a period-1 level in it keeps an
+  # accumulator so its update can wait, be consolidated and be applied later (the cycle's protocol sets it to
+  # its levels, runtime.wake_config). Period-1 levels not in it take the plain every-step path, no accumulator.
+  holdable: tuple[int, ...] = ()
 
   def __post_init__(self):
-    for f in ('level_of_layer', 'periods', 'lrs'):
+    for f in ('level_of_layer', 'periods', 'lrs', 'holdable'):
       v = getattr(self, f)
       if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
         raise ValueError(f'wake.{f} must be a tuple, got {v!r}')
@@ -72,6 +78,9 @@ class WakeConfig:
       if int(l) != l or not -1 <= l < n:
         raise ValueError(f'wake.level_of_layer[{i}]={l} references an undefined level: wake.periods defines '
                          f'levels 0..{n - 1} (-1 = frozen)')
+    for l in self.holdable:
+      if int(l) != l or not 0 <= l < n:
+        raise ValueError(f'wake.holdable={self.holdable} names level {l}, but wake.periods defines levels 0..{n - 1}')
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f'wake.optimizer={self.optimizer!r} is not one of {OPTIMIZERS}')
     if self.train_other and not self.other_lr > 0:
@@ -169,8 +178,13 @@ def _trains(keys, period: int) -> bool:
   return bool(keys) and period > 0
 
 
-def _needs_acc(keys, period: int) -> bool:
-  return bool(keys) and period > 1
+def _needs_acc(keys, period: int, holdable: bool = False) -> bool:
+  return bool(keys) and (period > 1 or (holdable and period == 1))
+
+
+def _holdable(wcfg: WakeConfig) -> list[bool]:
+  """Per group (levels, then 'other', which is never held): whether it keeps an accumulator at period 1."""
+  return [l in wcfg.holdable for l in range(wcfg.n_levels)] + ([False] if wcfg.train_other else [])
 
 
 def make_level_optimizer(wcfg: WakeConfig, lr: float) -> optax.GradientTransformation:
@@ -185,9 +199,9 @@ def init_wake_state(params, cms, wcfg: WakeConfig) -> dict:
   """Fresh wake state: step 0, zero accumulators, fresh per-level optimizer states."""
   flat = traverse_util.flatten_dict(params)
   acc, opt_state = [], []
-  for keys, period, lr in zip(_group_keys(params, wcfg), _periods(wcfg), _lrs(wcfg)):
+  for keys, period, lr, h in zip(_group_keys(params, wcfg), _periods(wcfg), _lrs(wcfg), _holdable(wcfg)):
     sub = _sub(flat, keys)
-    acc.append(jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), sub) if _needs_acc(keys, period) else {})
+    acc.append(jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), sub) if _needs_acc(keys, period, h) else {})
     opt_state.append(make_level_optimizer(wcfg, lr).init(sub) if _trains(keys, period) else ())
   return {'step': jnp.zeros((), jnp.int32), 'params': params, 'cms': cms, 'acc': acc, 'opt_state': opt_state}
 
@@ -232,7 +246,7 @@ def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, bat
   metrics: 'loss', 'tokens', 'grad_norm' (over trained leaves) and 'boundary' bool[n_levels]: which levels
   applied their accumulated update at this step (the sleep triggers).
   """
-  periods, lrs = _periods(wcfg), _lrs(wcfg)
+  periods, lrs, holdable = _periods(wcfg), _lrs(wcfg), _holdable(wcfg)
   txs = [make_level_optimizer(wcfg, lr) for lr in lrs]
   counter = [0]
 
@@ -257,14 +271,15 @@ def make_wake_step(model: nn.Module, wcfg: WakeConfig, state_shardings=None, bat
     boundary = [jnp.zeros((), bool)] * wcfg.n_levels
     for g in live:
       tx, c, p = txs[g], periods[g], subs[g]
-      total = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc[g], grads[g]) if c > 1 else grads[g]
+      accumulates = _needs_acc(groups[g], c, holdable[g])
+      total = jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc[g], grads[g]) if accumulates else grads[g]
 
       def update(ops, tx=tx):
         total, os, p = ops
         u, os = tx.update(jax.tree.map(lambda t, x: t.astype(x.dtype), total, p), os, p)
         return optax.apply_updates(p, u), os, jax.tree.map(jnp.zeros_like, total)
 
-      if c == 1:
+      if not accumulates:   # period 1, never held: today's plain path (bit-identical to a run without protocol)
         p, opt_state[g], _ = update((total, opt_state[g], p))
         is_b = jnp.ones((), bool)
       else:
