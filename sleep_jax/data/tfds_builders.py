@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 
-from sleep_jax.data.registry import REGISTRY, Spec, get_spec  # noqa: F401  (REGISTRY: the datasets' API)
+from sleep_jax.data.registry import REGISTRY, Spec, get_spec, register  # noqa: F401  (the datasets API, re-exported)
 from sleep_jax.data.splits import SPLITS, check_split
 
 
