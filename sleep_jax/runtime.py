@@ -215,11 +215,12 @@ def protocol_problems(c) -> list[str]:
 class Runtime:
   """Everything a run builds from its config, built once per process and shared."""
 
-  def __init__(self, config, built: build_lib.Built | None = None, *, eos_ids=None):
+  def __init__(self, config, built: build_lib.Built | None = None, *, eos_ids=None,
+               guard: NonFiniteGuard | None = None):
     self.config, self._eos_ids = config, eos_ids
     self.b = built if built is not None else build_lib.build(config)
     self.tokenizer = self.b.tokenizer
-    self.guard = NonFiniteGuard.from_config(config)
+    self.guard = guard if guard is not None else NonFiniteGuard.from_config(config)   # shared by a regrown one
     self.sampler = make_sampler(self.b, config, eos_ids)
     self.batch_sharding = sharding.batch_sharding(self.b.mesh, self.b.rules)
     self.n_shards = batch_shards(self.b)
@@ -230,9 +231,7 @@ class Runtime:
     """This runtime for a grown model (`built`, e.g. `build.with_model`): every object that depends on the model's
     shapes (module, sampler, judge, seeders, dreamers, probes, wake config) built anew by this same constructor;
     the guard is shared, so its skip counts run on."""
-    rt = Runtime(self.config, built, eos_ids=self._eos_ids)
-    rt.guard = self.guard
-    return rt
+    return Runtime(self.config, built, eos_ids=self._eos_ids, guard=self.guard)
 
   # ---- typed configs ------------------------------------------------------------------------
   def ks_config(self, **overrides) -> ks.KSConfig:
