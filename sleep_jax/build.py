@@ -63,8 +63,9 @@ def abstract_params(model: nn.Module):
   return jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32)), jax.random.key(0))['params']
 
 
-def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
-  """Build everything `config.model` asks for, parameters sharded by `config.logical_axis_rules`."""
+def build(config, mesh: Mesh | None = None, seed: int | None = None, tokenizer=None) -> Built:
+  """Build everything `config.model` asks for, parameters sharded by `config.logical_axis_rules`. `tokenizer`
+  replaces the byte tokenizer of a 'random' model (e.g. the controlled world's word vocabulary, data/world.py)."""
   mesh = mesh or sharding.make_mesh(config.mesh.shape)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   mc = config.model
@@ -73,13 +74,15 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None) -> Built:
   t0 = time.time()
   if mc.source == 'random':
     cfg = model_config_from(mc)
-    tok = ByteTokenizer()
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
     if cfg.vocab_size < tok.vocab_size:
-      raise ValueError(f'model.vocab_size={cfg.vocab_size} is smaller than the byte tokenizer ({tok.vocab_size})')
+      raise ValueError(f'model.vocab_size={cfg.vocab_size} is smaller than the tokenizer ({tok.vocab_size} tokens)')
     model = Transformer(cfg)
     seed = config.get('seed', 0) if seed is None else seed
     params, shardings = sharding.init_sharded(_init_params(model), mesh, rules, jax.random.key(seed))
   else:
+    if tokenizer is not None:
+      raise ValueError(f'build(tokenizer=...) is for model.source=random; {mc.source!r} brings its own tokenizer')
     if mc.source == 'smollm2':
       path = sio.default_model_path()
       cfg, host = sio.load_gguf(path)

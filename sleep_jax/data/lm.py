@@ -5,7 +5,8 @@ import numpy as np
 
 
 class LMBatches:
-  """Training batches by step. 'synthetic': a pure function of (seed, step), seeded copy-task rows.
+  """Training batches by step. 'synthetic': a pure function of (seed, step), seeded copy-task rows; 'world': the
+  controlled world's packed pretraining documents (data/world.py), also a pure function of (seed, step).
   'tfds': a grain pipeline (packed rows with segment ids) over a project dataset, whose iterator state
   goes into every checkpoint so a resumed run sees exactly the batches an uninterrupted one would."""
 
@@ -20,15 +21,24 @@ class LMBatches:
       src = tfds_builders.load(d.dataset, d.split)        # 'test' refuses: training never reads it
       self._it = iter(pipeline.lm_dataset(src, tokenizer, text_key=d.text_key, seq_len=self.L,
                                           batch_size=self.B, seed=self.seed))
+    elif d.source == 'world':   # the controlled world's pretraining mix, a pure function of (seed, step)
+      from sleep_jax.data import world
+      self._world, self._mix = world.World(world.spec_from(config.world)), world.mix_from(config.world)
     elif d.source != 'synthetic':
-      raise ValueError(f"data.source={d.source!r} is not one of 'synthetic', 'tfds'")
+      raise ValueError(f"data.source={d.source!r} is not one of 'synthetic', 'tfds', 'world'")
 
   def __call__(self, step: int) -> dict:
     if self._it is not None:
       return next(self._it)
+    if self.source == 'world':
+      return self._world_batch(step)
     r = np.random.default_rng([self.seed, step])
     half = r.integers(self.lo, self.vocab_size, size=(self.B, self.L // 2 + 1))
     return lm_dict(np.concatenate([half, half], axis=1)[:, : self.L + 1])   # second half copies the first
+
+  def _world_batch(self, step: int) -> dict:
+    from sleep_jax.data import world
+    return world.pretrain_batch(self._world, self._mix, self.seed, step, self.B, self.L)
 
   def state(self) -> dict:
     return {'grain': self._pipeline.get_state(self._it)} if self._it is not None else {}
