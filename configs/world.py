@@ -17,11 +17,10 @@ from configs import base
 def world_fields() -> mlc.ConfigDict:
   """`config.world`: the world (people, splits; data/world.WorldSpec), its pretraining mix (world.Mix), the export."""
   return mlc.ConfigDict(dict(
-      seed=0, n_pretrain=200, n_validation=50, n_test=50,
+      seed=0, n_pretrain=200, n_validation=300, n_test=300,   # 300 new people per split: up to 256 in one sleep
       # documents: bios 0.3 / closed-book QA 0.2 / open-book 0.5; answer tokens weighted 3x (the feasibility run:
       # open-book 0.3 with answers 2x never learned to read the context)
       mix=mlc.ConfigDict(dict(bio=0.3, closed_qa=0.2, open_book=0.5, qa_per_doc=3, answer_weight=3.0)),
-      eval_seq_len=128,        # row length of the exact-match evaluation (a bio + a question + the answer)
       export='',               # where the trained model goes; '' = ~/.cache/sleep_jax/worlds/<config hash>
       gates=True))             # False: report the gates without failing (smoke runs, studies)
 

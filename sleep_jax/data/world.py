@@ -157,8 +157,8 @@ class WorldSpec:
   """The sizes that define a world (with its seed). `config.world` carries these fields."""
   seed: int = 0
   n_pretrain: int = 200          # pretraining people; the first half QA-trained, the second half bio-only
-  n_validation: int = 50
-  n_test: int = 50
+  n_validation: int = 300        # new people: enough for 256 in one sleep
+  n_test: int = 300
 
   def __post_init__(self):
     n = self.n_pretrain + self.n_validation + self.n_test
@@ -356,14 +356,14 @@ def answer_rows(prompts: Sequence[list[int]], answers: Sequence[list[int]], seq_
 class ExactMatch:
   """Greedy exact-match accuracy of answers, computed teacher-forced in one forward pass per chunk: greedy
   decoding reproduces the answer (and stops on its <eos>) iff the argmax at every answer position is the
-  answer's token, so this equals decoding and costs one forward pass. Fixed [chunk, seq_len] shapes: one
-  compilation per model."""
+  answer's token, so this equals decoding and costs one forward pass. Rows are padded to the smallest multiple of
+  32 tokens that holds the longest row of a call, in chunks of `chunk` rows: one compilation per length."""
 
-  def __init__(self, model, tokenizer, seq_len: int = 128, chunk: int = 256):
+  def __init__(self, model, tokenizer, chunk: int = 256):
     import jax
     import jax.numpy as jnp
     from sleep_jax.models.cms import variables
-    self.tok, self.seq_len, self.chunk = tokenizer, seq_len, chunk
+    self.tok, self.chunk = tokenizer, chunk
 
     def correct(params, cms, inputs, targets, weights):
       logits, _ = model.apply(variables(params, cms), inputs)
@@ -379,14 +379,17 @@ class ExactMatch:
   def hits(self, params, cms, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
     """Bool per (prompt, answer): does greedy decoding after the prompt produce exactly the answer?"""
     p_ids, a_ids = self.rows(prompts, answers)
+    if not p_ids:
+      return np.zeros(0, bool)
+    longest = max(len(p) + len(a) - 1 for p, a in zip(p_ids, a_ids))
+    L = -(-longest // 32) * 32
     out = []
     for s in range(0, len(p_ids), self.chunk):
       n = len(p_ids[s:s + self.chunk])
       r = answer_rows(p_ids[s:s + self.chunk] + [[self.tok.bos_id]] * (self.chunk - n),
-                      a_ids[s:s + self.chunk] + [[self.tok.eos_id]] * (self.chunk - n), self.seq_len,
-                      self.tok.pad_id)
+                      a_ids[s:s + self.chunk] + [[self.tok.eos_id]] * (self.chunk - n), L, self.tok.pad_id)
       out.append(np.asarray(self._fn(params, cms or {}, r['inputs'], r['targets'], r['weights']))[:n])
-    return np.concatenate(out) if out else np.zeros(0, bool)
+    return np.concatenate(out)
 
   def accuracy(self, params, cms, prompts, answers) -> float:
     return float(self.hits(params, cms, prompts, answers).mean())

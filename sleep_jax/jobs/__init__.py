@@ -1,5 +1,5 @@
 """Jobs the entry point dispatches to by `config.job`. Each takes (config, workdir) and returns a results dict:
-`chat` (jobs/generate.py), `lm` and `wake` (jobs/training.py), `sleep`, the main job (jobs/knowledge.py), `world` (jobs/world.py)."""
+`chat` (jobs/generate.py), `lm` and `wake` (jobs/training.py), `sleep`, the main job (jobs/knowledge.py), `world` (jobs/world.py) and `world_sleep` (jobs/world_sleep.py)."""
 from __future__ import annotations
 
 from sleep_jax import runtime
@@ -7,9 +7,10 @@ from sleep_jax.data import documents
 from sleep_jax.jobs.generate import chat
 from sleep_jax.jobs.knowledge import sleep
 from sleep_jax.jobs.training import lm, wake
-from sleep_jax.jobs.world import world
+from sleep_jax.jobs import world as world_jobs, world_sleep as world_sleep_jobs  # modules (their names stay modules)
 
-JOBS = {'chat': chat, 'lm': lm, 'wake': wake, 'sleep': sleep, 'world': world}
+JOBS = {'chat': chat, 'lm': lm, 'wake': wake, 'sleep': sleep, 'world': world_jobs.world,
+        'world_sleep': world_sleep_jobs.world_sleep}
 
 
 def validate(config) -> None:

@@ -50,21 +50,6 @@ def check_gates(config, folder: Path, metrics: dict) -> None:
                        + '\n  '.join(failed) + '\ntrain longer (train.steps, optim.decay_steps) or change world.mix')
 
 
-def gates_of(folder, world_cfg=None) -> dict:
-  """Load a world model folder and measure its gates (what the CI test of the shipped model runs)."""
-  import ml_collections as mlc
-  from configs import world as world_config
-  c = world_config.get_config()
-  c.unlock()
-  c.model.source, c.model.path = 'hf', str(folder)
-  if world_cfg is not None:
-    c.world = world_cfg
-  b = build_lib.build(c)
-  em = world_lib.ExactMatch(b.model, b.tokenizer, seq_len=c.world.eval_seq_len)
-  del mlc
-  return world_lib.gate_metrics(em, b.params, b.cms, world_lib.World(world_lib.spec_from(c.world)), seed=c.seed)
-
-
 def world(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   folder = export_dir(config)
@@ -86,7 +71,7 @@ def world(config, workdir: str) -> dict:
                                   skip_nonfinite=rt.guard.skip)
   meta = {'config': config.to_json(), 'model': dataclasses.asdict(b.cfg), 'lineage': []}
   state, res = run_steps(config, workdir, 'world', b, state, shard, step_fn, meta, rt.guard)
-  em = world_lib.ExactMatch(b.model, tok, seq_len=config.world.eval_seq_len)
+  em = world_lib.ExactMatch(b.model, tok)
   metrics = world_lib.gate_metrics(em, state['params'], b.cms, W, seed=config.seed)
   save_hf(folder, b.cfg, jax.device_get(state['params']), tok, overwrite=True)
   gates = {'metrics': metrics, 'gates': {k: list(v) for k, v in world_lib.GATES.items()},
