@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/main
+# The main job sleeps the shipped world model (configs/world_sleep.py); the SmolLM2-135M sleep: make run-smollm2
+SMOLLM2_WORKDIR ?= runs/smollm2
 PYTEST_ARGS ?= -n auto
 
-.PHONY: run test setup bench bench-setup clean
+.PHONY: run run-smollm2 test setup bench bench-setup clean
 
 run: setup
-	$(PY) -m experiments.main --config=configs/sleep.py --workdir=$(WORKDIR)
+	$(PY) -m experiments.main --config=configs/world_sleep.py --workdir=$(WORKDIR)
+
+run-smollm2: setup
+	$(PY) -m experiments.main --config=configs/sleep.py --workdir=$(SMOLLM2_WORKDIR)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
