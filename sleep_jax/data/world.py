@@ -39,6 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
+VERSION = '1.0.0'   # of the built `sleep_world` dataset (registry.py): bump when people, templates or sizes change
 PAD, BOS, EOS, UNK = '<pad>', '<bos>', '<eos>', '<unk>'
 SPLITS = ('pretrain_qa', 'pretrain_bio', 'validation', 'test')
 ATTRS = ('birth_date', 'birth_city', 'university', 'major', 'employer', 'work_city')
