@@ -47,14 +47,14 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       level_of_layer=(0, 0, 1, 1), periods=(1, 10), lrs=(0.0, 0.0), n_levels=2, base_period=1, factor=10, lr=0.0,
       optimizer='sgd', train_other=False, other_lr=0.0))
   c.sleep = sleep_config.sleep_fields()
-  # The paper's sleep budget (Table 5: 100 steps at batch 32): 100 updates of 16 prompts, each with one teacher
-  # row and 4 student completions; answers and replay samples are short (16 tokens).
-  c.sleep.ks.update(dict(steps=100, prompts_per_step=16, group_size=4, lr=3e-3, max_new_tokens=16))
+  # The paper's sleep budget (Table 5: 100 steps at batch 32): 100 updates of 8 prompts, each with one teacher
+  # row and 4 student completions (40 rows); answers and replay samples are short (16 tokens).
+  c.sleep.ks.update(dict(steps=100, prompts_per_step=8, group_size=4, lr=3e-3, max_new_tokens=16))
   c.sleep.dream.update(dict(n_dreams=6, top_k=2, n_random=1, rounds=2, max_new_tokens=16, inner_steps=2,
                             inner_lr=1e-2, mstep_steps=2, lr=3e-3, probe_rows=6))
   c.finetune = base.finetune_fields()
-  c.finetune.update(dict(steps=100, lr=3e-3, batch_size=16, seq_len=96))
-  c.sampling.prompt_buckets = (16, 32, 64, 128)
+  c.finetune.update(dict(steps=100, lr=3e-3, batch_size=8, seq_len=80))
+  c.sampling.prompt_buckets = (16, 32, 48, 64, 80, 96, 128)   # a bio + a question is 55-75 tokens
   c.sampling.gen_buckets = (16, 32)
   if arg == 'smoke':
     c.world_sleep.update(dict(people=1, questions_per_person=6, retention_people=5, sizes=(1, 2), n_sleeps=2,

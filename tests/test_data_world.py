@@ -373,7 +373,7 @@ def test_exact_match_equals_greedy_decoding(world, tok, tiny):
   expected = np.array(expected)
   assert expected.sum() >= 3 and (~expected).sum() >= 3, gen      # the model must give both outcomes
   assert any(e and a for e, (_, a) in zip(expected, pairs))       # ... including a hit on a non-empty answer
-  em = W.ExactMatch(model, tok, seq_len=128, chunk=4)              # several chunks, the last one padded
+  em = W.ExactMatch(model, tok, chunk=4)              # several chunks, the last one padded
   p_ids, a_ids = em.rows([prompts[i] for i, _ in pairs], [a for _, a in pairs])
   assert p_ids == [prompt_ids[i] for i, _ in pairs]
   hits = em.hits(params, None, [prompts[i] for i, _ in pairs], [a for _, a in pairs])
@@ -387,7 +387,7 @@ def test_exact_match_equals_greedy_decoding(world, tok, tiny):
 def test_gate_metrics_on_a_random_model(tok, tiny):
   model, params = tiny
   w = W.World(W.WorldSpec(seed=1, n_pretrain=4, n_validation=2, n_test=2))
-  em = W.ExactMatch(model, tok, seq_len=128, chunk=8)
+  em = W.ExactMatch(model, tok, chunk=8)
   m = W.gate_metrics(em, params, None, w)
   assert set(W.GATES) <= set(m) and all(0 <= m[k] <= 1 for k in m if k != 'closed_new_excess')
   assert m['closed_new_excess'] == pytest.approx(m['closed_new'] - m['no_knowledge_baseline'])
@@ -434,7 +434,7 @@ def test_registry_records(world):
   spec = registry.get_spec('sleep_world')
   recs = {s: list(spec.records(s)) for s in SPLITS}
   assert recs == {s: list(spec.records(s)) for s in SPLITS}                       # deterministic, bios included
-  assert [len(recs[s]) for s in SPLITS] == [200, 50, 50]
+  assert [len(recs[s]) for s in SPLITS] == [200, 300, 300]
   assert [r['kind'] for r in recs['train']] == ['qa'] * 100 + ['bio'] * 100
   assert {r['kind'] for s in ('validation', 'test') for r in recs[s]} == {'new'}
   ids = [r['id'] for s in SPLITS for r in recs[s]]
@@ -452,7 +452,7 @@ def test_registry_records(world):
 
 def test_dataset_builds_and_holds_out_test(data_dir):
   from sleep_jax.data import tfds_builders as tb
-  assert tb.sizes('sleep_world') == {'train': 200, 'validation': 50, 'test': 50}
+  assert tb.sizes('sleep_world') == {'train': 200, 'validation': 300, 'test': 300}
   assert (data_dir / 'sleep_world' / W.VERSION).is_dir()
   with pytest.raises(PermissionError, match='held out'):
     tb.load('sleep_world', 'test')
@@ -463,7 +463,7 @@ def test_dataset_builds_and_holds_out_test(data_dir):
 def test_task_rows(data_dir):
   from sleep_jax.data import tasks
   rows = list(tasks.rows('sleep_world', 'validation', tasks._world_qa_rows))
-  assert len(rows) == 50 * 2 * len(W.ATTRS) and len({r['id'] for r in rows}) == len(rows)
+  assert len(rows) == 300 * 2 * len(W.ATTRS) and len({r['id'] for r in rows}) == len(rows)
   held = {q for a in W.ATTRS for q in W.questions(a, True)}
   for r in rows:
     assert any(r['inputs'] == q.replace('{n}', r['id'].split('-')[0].replace('_', ' ')) for q in held)
@@ -483,7 +483,7 @@ def test_seqio_tasks(data_dir):
   lens = {'inputs': 64, 'targets': 128}
   task = seqio.get_mixture_or_task('sleep_world_qa')
   exs = list(task.get_dataset(split='validation', sequence_length=lens, shuffle=False).as_numpy_iterator())
-  assert len(exs) == 50 * 2 * len(W.ATTRS) and all(e['targets'][-1] == tasks.vocabulary().eos_id for e in exs)
+  assert len(exs) == 300 * 2 * len(W.ATTRS) and all(e['targets'][-1] == tasks.vocabulary().eos_id for e in exs)
   tgts = [task.postprocess_fn(e['targets_pretokenized'], example=e, is_target=True) for e in exs[:20]]
   preds = [task.postprocess_fn(e['targets_pretokenized'].decode(), example=e, is_target=False) for e in exs[:20]]
   assert task.metric_fns[0](tgts, preds) == {'exact_match': pytest.approx(100.0)}
@@ -495,4 +495,4 @@ def test_seqio_tasks(data_dir):
   with pytest.raises(PermissionError):
     task.get_dataset(split='test', sequence_length=lens)
   with tasks.held_out():
-    assert sum(1 for _ in task.get_dataset(split='test', sequence_length=lens)) == 50 * 2 * len(W.ATTRS)
+    assert sum(1 for _ in task.get_dataset(split='test', sequence_length=lens)) == 300 * 2 * len(W.ATTRS)
