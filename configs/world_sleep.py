@@ -28,6 +28,7 @@ def world_sleep_fields() -> mlc.ConfigDict:
       people=8,                  # new people consolidated in one sleep
       split='validation',        # 'validation' (knobs are chosen here) | 'test' (reported)
       questions_per_person=24,   # trained-template questions per person in the memory buffer (4 per attribute)
+      restate_per_person=0,      # items whose prompt is the name: the teacher restates the bio (several facts)
       replay=1.0,                # generative-replay <bos> items per person item (0 = no replay)
       retention_people=100,      # pretraining people per half measured for retention
       sizes=(1, 8, 64, 256),     # experiments/world.py --variant=many: people per sleep
@@ -55,7 +56,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.finetune = base.finetune_fields()
   c.finetune.update(dict(steps=100, lr=3e-3, batch_size=8, seq_len=80))
   c.sampling.prompt_buckets = (16, 32, 48, 64, 80, 96, 128)   # a bio + a question is 55-75 tokens
-  c.sampling.gen_buckets = (16, 32)
+  c.sampling.gen_buckets = (16, 32, 64)
   if arg == 'smoke':
     c.world_sleep.update(dict(people=1, questions_per_person=6, retention_people=5, sizes=(1, 2), n_sleeps=2,
                               budgets=(2, 4)))

@@ -111,6 +111,7 @@ class WorldLab:
     ft = dict(steps=ft_steps) if ft_steps is not None else {}
     sleep = lambda **kw: self.ws.sleep_people(rt, params, cms, self.world, people, seed,
                                               questions_per_person=c.world_sleep.questions_per_person,
+                                              restate_per_person=c.world_sleep.restate_per_person,
                                               **{'kcfg': kcfg, 'dcfg': dcfg, 'replay': c.world_sleep.replay,
                                                  'desc': name, **kw})
     t0 = time.perf_counter()
@@ -171,7 +172,8 @@ def run_one(wl: WorldLab, seed: int, rows, k: int = 1) -> dict:
     r = out['rows'][name]
     logging.info('seed %d k %d %s: recall %.3f retention %.3f/%.3f (%.0fs)', seed, k, name, r['recall'],
                  r['retention_qa'], r['retention_bio'], r['seconds'])
-    print(f"seed {seed} k={k} {name}: recall {100 * r['recall']:.1f} gap {100 * r['gap_closed']:.1f} retention "
+    print(f"seed {seed} k={k} {name}: recall {100 * r['recall']:.1f} (trained templates "
+          f"{100 * r['recall_trained']:.1f}) gap {100 * r['gap_closed']:.1f} retention "
           f"{100 * r['retention_qa']:.1f}/{100 * r['retention_bio']:.1f} ({r['seconds']:.0f}s)", flush=True)
   return out
 

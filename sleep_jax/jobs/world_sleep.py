@@ -42,10 +42,11 @@ def _chat(tok, text: str) -> list[int]:
 
 
 def ks_items(world: World, tok, people: Sequence[Person], seed: int, questions_per_person: int,
-             replay: float) -> list[ks.Item]:
-  """The memory buffer of one sleep: per person `questions_per_person` trained-template questions (cycling over
-  the attributes), the teacher's prompt a fresh rendering of the bio before the question; then `replay` x as many
-  `<bos>` items (generative replay)."""
+             replay: float, restate_per_person: int = 0) -> list[ks.Item]:
+  """The memory buffer of one sleep. Per person: `questions_per_person` trained-template questions (cycling over
+  the attributes) and `restate_per_person` restatements (the prompt is the name, so the teacher continues with the
+  bio's sentences, several facts per sample), the teacher's prompt a fresh rendering of the bio before the
+  student's; then `replay` x as many `<bos>` items (generative replay)."""
   rng = np.random.default_rng([seed, 0x17e5])
   items = []
   for p in people:
@@ -53,6 +54,8 @@ def ks_items(world: World, tok, people: Sequence[Person], seed: int, questions_p
       a = ATTRS[j % len(ATTRS)]
       q = world.question(p, a, str(rng.choice(world_lib.questions(a, held_out=False))))
       items.append(ks.Item(_chat(tok, q), _chat(tok, f'{world.bio(p, rng)} {q}'), p.name))
+    for _ in range(restate_per_person):
+      items.append(ks.Item(_chat(tok, p.name), _chat(tok, f'{world.bio(p, rng)} {p.name}'), p.name))
   n_replay = int(round(replay * len(items)))
   items += [ks.Item([tok.bos_id], [tok.bos_id], 'replay') for _ in range(n_replay)]
   return items
@@ -90,8 +93,9 @@ class Bench:
     self.retain = {'qa': world.people['pretrain_qa'][:retention_people],
                    'bio': world.people['pretrain_bio'][:retention_people]}
 
-  def recall(self, params, cms, people, open_book: bool = False) -> float:
-    return world_lib.recall(self.em, params, cms, self.world, people, open_book=open_book, seed=self.seed)
+  def recall(self, params, cms, people, open_book: bool = False, held_out: bool = True) -> float:
+    return world_lib.recall(self.em, params, cms, self.world, people, open_book=open_book, held_out=held_out,
+                            seed=self.seed)
 
   def per_person(self, params, cms, people) -> np.ndarray:
     """Closed-book recall of each person (mean over attributes and held-out templates)."""
@@ -101,6 +105,7 @@ class Bench:
 
   def measure(self, params, cms, people) -> dict:
     return {'recall': self.recall(params, cms, people),
+            'recall_trained': self.recall(params, cms, people, held_out=False),   # diagnostic: trained templates
             'retention_qa': self.recall(params, cms, self.retain['qa']),
             'retention_bio': self.recall(params, cms, self.retain['bio'])}
 
@@ -111,8 +116,8 @@ def gap_closed(before: float, after: float, ceiling: float) -> float:
 
 def sleep_people(rt: Runtime, params, cms, world: World, people: Sequence[Person], seed: int, *,
                  kcfg: ks.KSConfig | None = None, dcfg: dream_lib.DreamConfig | None = None,
-                 questions_per_person: int = 24, replay: float = 1.0, layers: Sequence[int] | None = None,
-                 desc: str = 'sleep') -> tuple[dict, dict, dict]:
+                 questions_per_person: int = 24, replay: float = 1.0, restate_per_person: int = 0,
+                 layers: Sequence[int] | None = None, desc: str = 'sleep') -> tuple[dict, dict, dict]:
   """One sleep on `people`: Knowledge Seeding into a new expert per receiver layer (or the receivers' base MLPs
   with kcfg.expand=False), then Dreaming into the same parameters when dcfg.enabled. Returns (params, cms, info)."""
   kcfg = kcfg or rt.ks_config()
@@ -124,7 +129,7 @@ def sleep_people(rt: Runtime, params, cms, world: World, people: Sequence[Person
     sp, scms, index = ks.expand_student(params, cms, layers)
   else:
     sp, scms, index = params, cms, {}
-  items = ks_items(world, rt.tokenizer, people, seed, questions_per_person, replay)
+  items = ks_items(world, rt.tokenizer, people, seed, questions_per_person, replay, restate_per_person)
   state, ks_hist = rt.seeder(kcfg).run({'params': params, 'cms': cms}, {'params': sp, 'cms': scms}, index, view,
                                        items, jax.random.key(seed), progress_desc=f'{desc}/ks')
   new = ks.commit(sp, state, index, view) if kcfg.steps else sp
@@ -155,7 +160,8 @@ def world_sleep(config, workdir: str) -> dict:
   before = bench.measure(b.params, b.cms, people)
   ceiling = bench.recall(b.params, b.cms, people, open_book=True)
   params, cms, info = sleep_people(rt, b.params, b.cms, world, people, config.seed,
-                                   questions_per_person=c.questions_per_person, replay=c.replay)
+                                   questions_per_person=c.questions_per_person, replay=c.replay,
+                                   restate_per_person=c.restate_per_person)
   after = bench.measure(params, cms, people)
   res = {'job': 'world_sleep', 'people': [p.name for p in people], 'split': c.split, 'before': before,
          'after': after, 'ceiling': ceiling, 'gap_closed': gap_closed(before['recall'], after['recall'], ceiling),
