@@ -433,13 +433,16 @@ GATES = {
 }
 
 
-def gate_metrics(em: ExactMatch, params, cms, world: World, seed: int = 0) -> dict:
-  val = world.people['validation']
+def gate_metrics(em: ExactMatch, params, cms, world: World, seed: int = 0, limit: int | None = None) -> dict:
+  """The gates' measurements over every validation / pretraining person (the first `limit` of each group with
+  `limit`, e.g. a quick check in a test)."""
+  pick = lambda split: world.people[split][:limit]
+  val = pick('validation')
   base = world.no_knowledge_baseline()
   closed_new = recall(em, params, cms, world, val, seed=seed)
   return {'open_book_new': recall(em, params, cms, world, val, open_book=True, seed=seed),
-          'closed_qa': recall(em, params, cms, world, world.people['pretrain_qa'], seed=seed),
-          'closed_bio': recall(em, params, cms, world, world.people['pretrain_bio'], seed=seed),
+          'closed_qa': recall(em, params, cms, world, pick('pretrain_qa'), seed=seed),
+          'closed_bio': recall(em, params, cms, world, pick('pretrain_bio'), seed=seed),
           'closed_new': closed_new, 'no_knowledge_baseline': base, 'closed_new_excess': closed_new - base}
 
 
