@@ -29,7 +29,8 @@ def world_sleep_fields() -> mlc.ConfigDict:
       split='validation',        # 'validation' (knobs are chosen here) | 'test' (reported)
       questions_per_person=24,   # trained-template questions per person in the memory buffer (4 per attribute)
       restate_per_person=0,      # items whose prompt is the name: the teacher restates the bio (several facts)
-      replay=1.0,                # generative-replay <bos> items per person item (0 = no replay)
+      replay=1.0,                # generative-replay items per person item (0 = no replay)
+      replay_kind='bos',         # 'bos': the model's own unprompted samples; 'names': questions about strangers
       retention_people=100,      # pretraining people per half measured for retention
       sizes=(1, 8, 64, 256),     # experiments/world.py --variant=many: people per sleep
       n_sleeps=8,                # --variant=sequential: sleeps in a row (`people` new people each)

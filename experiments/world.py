@@ -14,6 +14,7 @@ pretraining people (QA-trained and bio-only). Rows (`ROWS`):
                      selection, no reward) applied by SFT to a new expert
   ks                 Sleep = Knowledge Seeding only (divergence + LTI, generative replay, new experts)
   ks_no_replay       the same without generative replay
+  ks_names_replay    the same with replay prompts that are questions about strangers instead of <bos>
   sleep              Sleep = Knowledge Seeding + Dreaming
   no_lti / no_divergence / no_expansion / no_grad_selection / no_random_expert   ablations of `sleep`
   cms4               `sleep` with four CMS levels (one layer each): the new experts go to layer 0 only
@@ -38,7 +39,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 VARIANTS = ('one', 'many', 'sequential', 'budget')
-ROWS = ('base', 'ft_bios', 'ft_bios_expert', 'sft_teacher_qa', 'seal', 'ks', 'ks_no_replay', 'sleep', 'no_lti',
+ROWS = ('base', 'ft_bios', 'ft_bios_expert', 'sft_teacher_qa', 'seal', 'ks', 'ks_no_replay', 'ks_names_replay', 'sleep',
+        'no_lti',
         'no_divergence', 'no_expansion', 'no_grad_selection', 'no_random_expert', 'cms4')
 MEASURES = ('recall', 'gap_closed', 'retention_qa', 'retention_bio', 'seconds')
 
@@ -112,6 +114,7 @@ class WorldLab:
     sleep = lambda **kw: self.ws.sleep_people(rt, params, cms, self.world, people, seed,
                                               questions_per_person=c.world_sleep.questions_per_person,
                                               restate_per_person=c.world_sleep.restate_per_person,
+                                              replay_kind=c.world_sleep.replay_kind,
                                               **{'kcfg': kcfg, 'dcfg': dcfg, 'replay': c.world_sleep.replay,
                                                  'desc': name, **kw})
     t0 = time.perf_counter()
@@ -135,7 +138,8 @@ class WorldLab:
       return p, scms, {'seconds': time.perf_counter() - t0, 'pairs': len(pairs)}
     off = dataclasses.replace(dcfg, enabled=False)
     variants = {
-        'ks': dict(dcfg=off), 'ks_no_replay': dict(dcfg=off, replay=0.0), 'sleep': {},
+        'ks': dict(dcfg=off), 'ks_no_replay': dict(dcfg=off, replay=0.0),
+        'ks_names_replay': dict(dcfg=off, replay_kind='names'), 'sleep': {},
         'no_lti': dict(kcfg=dataclasses.replace(kcfg, alpha=1.0)),
         'no_divergence': dict(kcfg=dataclasses.replace(kcfg, alpha=0.0)),
         'no_expansion': dict(kcfg=dataclasses.replace(kcfg, expand=False)),
@@ -340,13 +344,26 @@ def report(workdir: str, variant: str, runs: list[dict], config) -> None:
   plot(variant, runs, os.path.join(workdir, f'world_{variant}.png'))
 
 
+def merge_runs(runs: list[dict]) -> list[dict]:
+  """Runs of the same (seed, k) from several processes (e.g. the main rows and the ablations run apart) as one
+  record each: their rows together, so a seed is counted once."""
+  out = {}
+  for r in runs:
+    key = (r['seed'], r.get('k'))
+    if key in out:
+      out[key] = dict(out[key], rows={**out[key]['rows'], **r['rows']})
+    else:
+      out[key] = dict(r, rows=dict(r['rows']))
+  return [out[k] for k in sorted(out, key=lambda k: (k[1] or 0, k[0]))]
+
+
 def main(argv):
   del argv
   from experiments.common import checked, read_results
   workdir = _WORKDIR.value
   if _FROM.value:
     rs = read_results(_FROM.value, 'world', keys=('runs', 'variant'))
-    report(workdir, rs[0]['variant'], [r for x in rs for r in x['runs']], _CONFIG.value)
+    report(workdir, rs[0]['variant'], merge_runs([r for x in rs for r in x['runs']]), _CONFIG.value)
     return
   config = checked(_CONFIG.value)
   variant = _VARIANT.value

@@ -48,3 +48,11 @@ def test_table_is_mean_and_sample_sd_over_seeds():
   # 50 and 70: mean 60.0, sample sd 14.1
   assert '| 1 | ks | 60.0 ± 14.1 | 60.0 ± 14.1 | 100.0 ± 0.0 | 90.0 ± 0.0 | 2.0 ± 0.0 | 2 |' in t
   assert np.isclose(float(ew._ms([0.5, 0.7]).split(' ± ')[1]), 14.142, atol=0.05)
+
+
+def test_runs_of_one_seed_from_two_processes_merge_into_one_record():
+  a, b = _run(0, 0.5), _run(0, 0.5)
+  b['rows'] = {'sleep': dict(a['rows']['ks'], recall=0.9)}
+  merged = ew.merge_runs([a, b, _run(1, 0.7)])
+  assert [m['seed'] for m in merged] == [0, 1] and set(merged[0]['rows']) == {'ks', 'sleep'}
+  assert '| 1 | *before* | 0.0 ± 0.0 | | 100.0 ± 0.0 | 90.0 ± 0.0 | | 2 |' in ew.table_rows(merged)

@@ -42,11 +42,14 @@ def _chat(tok, text: str) -> list[int]:
 
 
 def ks_items(world: World, tok, people: Sequence[Person], seed: int, questions_per_person: int,
-             replay: float, restate_per_person: int = 0) -> list[ks.Item]:
+             replay: float, restate_per_person: int = 0, replay_kind: str = 'bos') -> list[ks.Item]:
   """The memory buffer of one sleep. Per person: `questions_per_person` trained-template questions (cycling over
   the attributes) and `restate_per_person` restatements (the prompt is the name, so the teacher continues with the
   bio's sentences, several facts per sample), the teacher's prompt a fresh rendering of the bio before the
-  student's; then `replay` x as many `<bos>` items (generative replay)."""
+  student's; then `replay` x as many generative-replay items, teacher prompt = student prompt, so the student keeps
+  the pre-sleep model's distribution on what the teacher samples: `<bos>` ('bos': whatever the model writes
+  unprompted) or a trained-template question about a stranger ('names': a name pair no world person has; what the
+  model answers about people it does not know). Neither reads pretraining data."""
   rng = np.random.default_rng([seed, 0x17e5])
   items = []
   for p in people:
@@ -57,7 +60,16 @@ def ks_items(world: World, tok, people: Sequence[Person], seed: int, questions_p
     for _ in range(restate_per_person):
       items.append(ks.Item(_chat(tok, p.name), _chat(tok, f'{world.bio(p, rng)} {p.name}'), p.name))
   n_replay = int(round(replay * len(items)))
-  items += [ks.Item([tok.bos_id], [tok.bos_id], 'replay') for _ in range(n_replay)]
+  if replay_kind not in ('bos', 'names'):
+    raise ValueError(f"world_sleep.replay_kind={replay_kind!r} is not one of 'bos', 'names'")
+  for j in range(n_replay):
+    if replay_kind == 'bos':
+      prompt = [tok.bos_id]
+    else:
+      a = ATTRS[j % len(ATTRS)]
+      prompt = _chat(tok, world.question(world.fresh_person(rng), a,
+                                         str(rng.choice(world_lib.questions(a, held_out=False)))))
+    items.append(ks.Item(prompt, prompt, 'replay'))
   return items
 
 
@@ -117,7 +129,7 @@ def gap_closed(before: float, after: float, ceiling: float) -> float:
 def sleep_people(rt: Runtime, params, cms, world: World, people: Sequence[Person], seed: int, *,
                  kcfg: ks.KSConfig | None = None, dcfg: dream_lib.DreamConfig | None = None,
                  questions_per_person: int = 24, replay: float = 1.0, restate_per_person: int = 0,
-                 layers: Sequence[int] | None = None, desc: str = 'sleep') -> tuple[dict, dict, dict]:
+                 replay_kind: str = 'bos', layers: Sequence[int] | None = None, desc: str = 'sleep') -> tuple[dict, dict, dict]:
   """One sleep on `people`: Knowledge Seeding into a new expert per receiver layer (or the receivers' base MLPs
   with kcfg.expand=False), then Dreaming into the same parameters when dcfg.enabled. Returns (params, cms, info)."""
   kcfg = kcfg or rt.ks_config()
@@ -129,7 +141,7 @@ def sleep_people(rt: Runtime, params, cms, world: World, people: Sequence[Person
     sp, scms, index = ks.expand_student(params, cms, layers)
   else:
     sp, scms, index = params, cms, {}
-  items = ks_items(world, rt.tokenizer, people, seed, questions_per_person, replay, restate_per_person)
+  items = ks_items(world, rt.tokenizer, people, seed, questions_per_person, replay, restate_per_person, replay_kind)
   state, ks_hist = rt.seeder(kcfg).run({'params': params, 'cms': cms}, {'params': sp, 'cms': scms}, index, view,
                                        items, jax.random.key(seed), progress_desc=f'{desc}/ks')
   new = ks.commit(sp, state, index, view) if kcfg.steps else sp
@@ -161,7 +173,7 @@ def world_sleep(config, workdir: str) -> dict:
   ceiling = bench.recall(b.params, b.cms, people, open_book=True)
   params, cms, info = sleep_people(rt, b.params, b.cms, world, people, config.seed,
                                    questions_per_person=c.questions_per_person, replay=c.replay,
-                                   restate_per_person=c.restate_per_person)
+                                   restate_per_person=c.restate_per_person, replay_kind=c.replay_kind)
   after = bench.measure(params, cms, people)
   res = {'job': 'world_sleep', 'people': [p.name for p in people], 'split': c.split, 'before': before,
          'after': after, 'ceiling': ceiling, 'gap_closed': gap_closed(before['recall'], after['recall'], ceiling),
