@@ -114,9 +114,8 @@ class WorldLab:
     sleep = lambda **kw: self.ws.sleep_people(rt, params, cms, self.world, people, seed,
                                               questions_per_person=c.world_sleep.questions_per_person,
                                               restate_per_person=c.world_sleep.restate_per_person,
-                                              replay_kind=c.world_sleep.replay_kind,
                                               **{'kcfg': kcfg, 'dcfg': dcfg, 'replay': c.world_sleep.replay,
-                                                 'desc': name, **kw})
+                                                 'replay_kind': c.world_sleep.replay_kind, 'desc': name, **kw})
     t0 = time.perf_counter()
     if name == 'base':
       return params, cms, {'seconds': 0.0}
