@@ -284,7 +284,19 @@ def plot(variant: str, runs: list[dict], path: str) -> None:
   from experiments.common import pyplot
   plt = pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-  if variant in ('one', 'many'):
+  if variant == 'one':   # one k: the recall / retention trade-off, one labelled point per row (mean, sd bars)
+    names = [n for n in ROWS if any(n in r['rows'] for r in runs)]
+    for ax, key, title in ((axes[0], 'retention_qa', 'retention, QA-trained pretraining people'),
+                           (axes[1], 'retention_bio', 'retention, bio-only pretraining people')):
+      for n in names:
+        got = [r['rows'][n] for r in runs if n in r['rows']]
+        x, y = (np.array([g[m] for g in got]) * 100 for m in ('recall', key))
+        ax.errorbar(x.mean(), y.mean(), xerr=x.std(), yerr=y.std(), fmt='o', capsize=2)
+        ax.annotate(n, (x.mean(), y.mean()), fontsize=7, xytext=(3, 3), textcoords='offset points')
+      ax.set_xlabel('closed-book recall of the new person, held-out templates (%)')
+      ax.set_ylabel('%')
+      ax.set_title(title + f' (before: {100 * np.mean([r["before"][key] for r in runs]):.0f}%)', fontsize=9)
+  elif variant == 'many':
     ks_ = sorted({r['k'] for r in runs})
     names = [n for n in ROWS if any(n in r['rows'] for r in runs)]
     for ax, key, title in ((axes[0], 'recall', 'closed-book recall, new people (held-out templates)'),
