@@ -1,4 +1,6 @@
 """Tiny models built through the real config path, shared by tests."""
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,3 +48,25 @@ def run_interrupted(job, config, workdir, stop_at: int):
   with config.unlocked():
     config.train.steps = steps
   return job(config, str(workdir))
+
+
+@contextlib.contextmanager
+def compilation_cache(path):
+  """Inside: every XLA executable this process compiles is written to a persistent compilation cache at `path`
+  (no minimum compile time or size), and a program lowered again to the same HLO, e.g. by a fresh jit of a new
+  Runtime's seeder, loads that executable instead of compiling it again. The same executable computes the same
+  numbers (the subprocess tests share one cache across processes the same way); only XLA's compile time is saved,
+  tracing and lowering still run. The process's settings are restored after."""
+  from jax._src import compilation_cache as cc
+  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+          'jax_persistent_cache_min_entry_size_bytes')
+  old = {k: getattr(jax.config, k) for k in keys}
+  for k, v in zip(keys, (str(path), 0.0, 0)):
+    jax.config.update(k, v)
+  cc.reset_cache()   # the cache is set up once per process: again with this path
+  try:
+    yield
+  finally:
+    for k, v in old.items():
+      jax.config.update(k, v)
+    cc.reset_cache()

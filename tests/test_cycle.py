@@ -20,6 +20,15 @@ from tests import helpers
 PROBE = ['The quick brown fox jumps over the lazy dog. ' * 20]
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the module's in-process runs: a test's second and third cycle (a
+  reference, a killed run, its resume: each a new Runtime, so new jits) and the next tests' smoke cycles load the
+  executables compiled the first time instead of compiling them again (helpers.compilation_cache)."""
+  with helpers.compilation_cache(tmp_path_factory.mktemp('jax_cache')):
+    yield
+
+
 def _config(dream=False, **ks):
   c = sleep_config.get_config('smoke')
   with c.unlocked():
@@ -87,14 +96,28 @@ def _stop_after_save(c, docs, workdir, monkeypatch, when):
   monkeypatch.setattr(cycle_lib.Cycle, '_save', save)
 
 
+@pytest.fixture(scope='module')
+def sleep_reference(tmp_path_factory):
+  """An uninterrupted run (3 Knowledge Seeding updates a sleep, saved after the 1st and 2nd; with Dreaming or
+  without) per `dream`, each run once per module: (config, docs, finished cycle)."""
+  refs = {}
+
+  def get(dream):
+    if dream not in refs:
+      c = _config(dream=dream, steps=3)
+      docs = documents.load_docs(c.knowledge, c.seed)
+      ref, _ = _cycle(c, tmp_path_factory.mktemp('sleep_ref'))
+      ref.run(docs)
+      refs[dream] = c, docs, ref
+    return refs[dream]
+  return get
+
+
 @pytest.mark.parametrize('stage', ['ks', 'dream'])
-def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch, stage):
+def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch, sleep_reference, stage):
   """Killed after a saved Knowledge Seeding update, or after a saved Dreaming round: the resumed run ends with
   exactly the parameters of an uninterrupted one."""
-  c = _config(dream=stage == 'dream', steps=3)
-  docs = documents.load_docs(c.knowledge, c.seed)
-  ref, _ = _cycle(c, tmp_path / 'ref')
-  ref.run(docs)
+  c, docs, ref = sleep_reference(stage == 'dream')
 
   _stop_after_save(c, docs, tmp_path / 'cut', monkeypatch, lambda pos: pos.get('phase') == 'sleep' and (
       pos.get('ks_step') == 2 if stage == 'ks' else pos.get('dream_round') == 1))
@@ -108,15 +131,12 @@ def test_resume_in_the_middle_of_a_sleep_is_bit_identical(tmp_path, monkeypatch,
   assert rates(events) == rates(ref.log_lines) and len(rates(events)) == (2 if stage == 'dream' else 0)
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_position(tmp_path, monkeypatch):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_position(tmp_path, monkeypatch, sleep_reference):
   """Killed after the second saved Knowledge Seeding update, with that newest checkpoint then damaged: the rerun
   restores the previous step (the first saved update) with that step's own cycle position, and finishes with
   exactly the parameters of an uninterrupted run."""
   import os
-  c = _config(steps=4)
-  docs = documents.load_docs(c.knowledge, c.seed)
-  ref, _ = _cycle(c, tmp_path / 'ref')
-  ref.run(docs)
+  c, docs, ref = sleep_reference(False)
   _stop_after_save(c, docs, tmp_path / 'cut', monkeypatch, lambda pos: pos.get('ks_step') == 2)
   ckpts = tmp_path / 'cut' / 'checkpoints'
   newest = max(int(d) for d in os.listdir(ckpts) if d.isdigit())

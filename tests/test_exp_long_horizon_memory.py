@@ -86,7 +86,11 @@ def test_merge_runs_split_by_method(tmp_path):
 
 
 def test_smoke_run_end_to_end(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  # Both processes share one persistent compilation cache: the second loads the executables the first compiled
+  # (the same code, so the same numbers) and does not compile them again.
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   out = tmp_path / 'run'
   # m = 3 windows: 2 dropped, so sleep_L2 runs both its levels (level 0 at drops 1 and 2, level 1 on both windows)
   methods = ['icl', 'finetune', 'sleep_L2']   # full_context differs from icl only in the prompt (and compiles a long one)
