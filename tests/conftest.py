@@ -17,3 +17,13 @@ def devices8():
   devs = jax.devices()
   assert len(devs) == 8, f'expected 8 fake CPU devices, got {len(devs)}; is XLA_FLAGS set before jax import?'
   return devs
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A fresh TFDS data dir per test module (SLEEP_JAX_DATA_DIR), so dataset builds never touch the user's cache."""
+  mp = pytest.MonkeyPatch()
+  d = tmp_path_factory.mktemp('tfds')
+  mp.setenv('SLEEP_JAX_DATA_DIR', str(d))
+  yield d
+  mp.undo()

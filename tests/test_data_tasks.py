@@ -9,15 +9,6 @@ DATASETS = ['sleep_knowledge', 'sleep_intents', 'sleep_languages', 'sleep_long_h
             'sleep_arc_agi1', 'sleep_arc_agi2', 'sleep_essays', 'sleep_shakespeare', 'sleep_world']
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  mp = pytest.MonkeyPatch()
-  d = tmp_path_factory.mktemp('tfds')
-  mp.setenv('SLEEP_JAX_DATA_DIR', str(d))
-  yield d
-  mp.undo()
-
-
 def test_every_dataset_builds_offline_with_all_splits(data_dir):
   assert set(DATASETS) <= set(tb.REGISTRY) | set(DATASETS)
   for name in DATASETS:

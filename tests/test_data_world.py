@@ -421,15 +421,6 @@ def test_no_knowledge_baseline_is_small(world):
 
 # ---- the sleep_world dataset and its seqio tasks -------------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  mp = pytest.MonkeyPatch()
-  d = tmp_path_factory.mktemp('tfds')
-  mp.setenv('SLEEP_JAX_DATA_DIR', str(d))
-  yield d
-  mp.undo()
-
-
 def test_registry_records(world):
   spec = registry.get_spec('sleep_world')
   recs = {s: list(spec.records(s)) for s in SPLITS}

@@ -232,13 +232,12 @@ class World:
 
 def make_tokenizer():
   """The world's closed word-level tokenizer as a project `io.Tokenizer` (save / load like any HF tokenizer)."""
-  from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, decoders
+  from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
   from sleep_jax.io.tokenizer import Tokenizer
   vocab = {w: i for i, w in enumerate(vocabulary())}
   tk = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
   tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tk.decoder = decoders.WordPiece(prefix='##', cleanup=False)   # joins words with single spaces
-  from tokenizers import AddedToken
   tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, BOS, EOS, UNK)])
   template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
   return Tokenizer(tk, bos=BOS, eos=EOS, pad=PAD, chat_template=template, add_bos=True)
