@@ -14,7 +14,14 @@ def smollm2_model() -> mlc.ConfigDict:
       rope_base=100000.0, norm_eps=1e-5, tie_embeddings=True, max_seq_len=2048,
       dtype='float32', param_dtype='float32', init_std=0.02,
       n_experts=0, expert_rank=0,   # CMS expert pool per block MLP (0/0 = plain MLP); paper: 5 x rank 64
-      remat=False))  # recompute each block's activations in the backward pass (less memory, same numbers)
+      remat=False,   # recompute each block's activations in the backward pass (less memory, same numbers)
+      # Architecture variants (models/layers.py ModelConfig; fixed by the file for 'hf' sources, listed here for
+      # 'random' models and eval_shape plans): q/k/v, o and MLP biases, Qwen3 q/k RMSNorm, RoPE scaling.
+      qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=False,
+      rope_type='default', rope_factor=1.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+      rope_original_max_len=0, rope_beta_fast=32.0, rope_beta_slow=1.0, rope_attention_factor=0.0,
+      # Chat-template rendering: Qwen3's template renders a thinking block unless enable_thinking is false.
+      enable_thinking=False))
 
 
 def tiny_model() -> mlc.ConfigDict:

@@ -104,6 +104,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def to_host(x):
+  """A (possibly multi-process, batch-sharded) jax array, or a tree of them, as full numpy arrays on every host.
+
+  `np.asarray` fails on an array whose shards live on other processes' devices; this gathers them with
+  `multihost_utils.process_allgather` (a collective: every process must call it) and is `np.asarray` otherwise.
+  """
+  def one(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+  return jax.tree.map(one, x)
+
+
 def put_tree(tree, shardings):
   """Place a host (numpy) tree onto devices with the given shardings."""
   return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), tree, shardings)

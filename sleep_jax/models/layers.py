@@ -37,6 +37,20 @@ class ModelConfig:
   # one block at a time (one more forward pass per gradient) instead of keeping every layer's activations.
   # Exact (same loss and gradients), same parameter tree; sampling is unaffected.
   remat: bool = False
+  # Architecture variants of the Llama family (issue 19; io/hf.py maps Hugging Face config.json onto these).
+  qkv_bias: bool = False        # biases on the q/k/v projections (Qwen2 / Qwen2.5)
+  o_bias: bool = False          # bias on the attention output projection
+  mlp_bias: bool = False        # biases on gate/up/down (Llama `mlp_bias: true`)
+  qk_norm: bool = False         # per-head RMSNorm on q and k before RoPE (Qwen3)
+  # RoPE frequency scaling (HF `rope_scaling` / `rope_parameters`): 'default' (none), 'linear', 'llama3', 'yarn'.
+  rope_type: str = 'default'
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0      # llama3
+  rope_high_freq_factor: float = 4.0     # llama3
+  rope_original_max_len: int = 0         # llama3 / yarn: original_max_position_embeddings (0 = unset)
+  rope_beta_fast: float = 32.0           # yarn
+  rope_beta_slow: float = 1.0            # yarn
+  rope_attention_factor: float = 0.0     # yarn: scale of cos/sin (0 = 0.1 ln(factor) + 1, HF's default)
 
   def __post_init__(self):
     problems = []
@@ -50,6 +64,8 @@ class ModelConfig:
       problems.append(f'model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}')
     if self.head_dim % 2:
       problems.append(f'model.head_dim={self.head_dim} must be even for rotate-half RoPE')
+    if self.rope_type not in ('default', 'linear', 'llama3', 'yarn'):
+      problems.append(f"model.rope_type={self.rope_type!r} must be one of 'default', 'linear', 'llama3', 'yarn'")
     if problems:
       raise ValueError('; '.join(problems))
 
