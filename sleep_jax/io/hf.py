@@ -1,6 +1,6 @@
-"""Hugging Face Llama-family checkpoints (config.json + safetensors) to and from our parameter tree.
+"""Hugging Face Llama / Qwen2 / Qwen3 checkpoints (config.json + safetensors) to and from our parameter tree.
 
-HF Llama weights are [out, in] and already use rotate-half RoPE, so import is transposes and reshapes only.
+HF weights are [out, in] and already use rotate-half RoPE, so import is transposes and reshapes only.
 Reading uses `safetensors.numpy` (no torch, no pickle). `save_hf` writes into a temporary sibling folder and
 renames it into place, so a half-written folder is never taken for a whole one.
 """
@@ -22,6 +22,69 @@ _FLOATS = (np.float16, np.float32, np.float64)
 _IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)  # buffers some old checkpoints carry
 
 
+# model_type -> (architectures entry, what the family fixes). Llama covers Llama-2/3.x, SmolLM and Mistral-free
+# Llama clones; Qwen2 has q/k/v biases (no o bias, no MLP bias); Qwen3 has per-head q/k RMSNorm.
+FAMILIES = {'llama': 'LlamaForCausalLM', 'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM'}
+# Keys of a rope_scaling / rope_parameters object per rope_type ('type' is the pre-4.45 spelling of 'rope_type').
+_ROPE_KEYS = {
+    'default': set(),
+    'linear': {'factor'},
+    'llama3': {'factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'},
+    'yarn': {'factor', 'original_max_position_embeddings', 'beta_fast', 'beta_slow', 'attention_factor', 'mscale',
+             'mscale_all_dim', 'truncate'},
+}
+_ROPE_COMMON = {'rope_type', 'type', 'rope_theta', 'partial_rotary_factor'}
+
+
+def _rope_fields(c: dict, path) -> dict:
+  """ModelConfig rope_* fields from HF `rope_scaling` (transformers < 5) / `rope_parameters` (>= 5)."""
+  scaling, params = c.get('rope_scaling'), c.get('rope_parameters')
+  for key, v in (('rope_scaling', scaling), ('rope_parameters', params)):
+    if v is not None and not isinstance(v, dict):
+      raise ValueError(f'{path}: {key} must be an object or null, got {v!r}')
+  r = {**(scaling or {}), **(params or {})}
+  kind = r.get('rope_type', r.get('type', 'default'))
+  key = 'rope_parameters' if params else 'rope_scaling'
+  if kind not in _ROPE_KEYS:
+    raise ValueError(f'{path}: {key}.rope_type={kind!r} is not supported (supported: {sorted(_ROPE_KEYS)}); '
+                     'use a checkpoint with one of these or add the scaling to models/layers.rope_frequencies')
+  unknown = sorted(set(r) - _ROPE_KEYS[kind] - _ROPE_COMMON)
+  if unknown:
+    raise ValueError(f'{path}: {key} key {unknown[0]!r} is not supported for rope_type={kind!r} (known keys: '
+                     f'{sorted(_ROPE_KEYS[kind] | _ROPE_COMMON)}); remove it if it is a no-op')
+  if r.get('partial_rotary_factor', c.get('partial_rotary_factor', 1.0)) != 1.0:
+    raise ValueError(f'{path}: partial_rotary_factor={r.get("partial_rotary_factor", c.get("partial_rotary_factor"))}'
+                     ' is not supported (RoPE over the whole head_dim only)')
+  if kind == 'default':
+    return {}
+
+  def num(k, default=None):
+    v = r.get(k, default)
+    if v is None:
+      raise ValueError(f'{path}: {key}.{k} is required for rope_type={kind!r}')
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 2**31 or not math.isfinite(v):
+      raise ValueError(f'{path}: {key}.{k}={v!r} must be a positive number')
+    return v
+
+  out = {'rope_type': kind, 'rope_factor': float(num('factor'))}
+  if kind == 'llama3':
+    out.update(rope_low_freq_factor=float(num('low_freq_factor')), rope_high_freq_factor=float(num('high_freq_factor')),
+               rope_original_max_len=int(num('original_max_position_embeddings')))
+  elif kind == 'yarn':
+    if r.get('truncate', True) is not True:
+      raise ValueError(f'{path}: {key}.truncate={r["truncate"]!r} is not supported (only the default true)')
+    factor = out['rope_factor']
+    # transformers >= 4.56 uses the explicit factor even when max_position_embeddings / original differs.
+    out.update(rope_original_max_len=int(num('original_max_position_embeddings', c.get('max_position_embeddings'))),
+               rope_beta_fast=float(r.get('beta_fast') or 32), rope_beta_slow=float(r.get('beta_slow') or 1))
+    attention = r.get('attention_factor')
+    if attention is None and r.get('mscale') and r.get('mscale_all_dim'):   # DeepSeek's spelling of the same factor
+      m = lambda s: 1.0 if factor <= 1 else 0.1 * s * math.log(factor) + 1.0
+      attention = m(r['mscale']) / m(r['mscale_all_dim'])
+    out['rope_attention_factor'] = 0.0 if attention is None else float(num('attention_factor', attention))
+  return out
+
+
 def _read_config(folder: Path) -> ModelConfig:
   path = folder / 'config.json'
   if not path.is_file():
@@ -35,21 +98,25 @@ def _read_config(folder: Path) -> ModelConfig:
   for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size'):
     if k not in c:
       raise ValueError(f'{path}: required key {k!r} is missing')
-  for k in ('attention_bias', 'mlp_bias'):
-    if c.get(k):
-      raise ValueError(f'{path}: {k}=true is not supported (the model has no biases)')
-  if c.get('rope_scaling'):
-    raise ValueError(f'{path}: rope_scaling={c["rope_scaling"]} is not supported (plain RoPE only)')
+  family = c.get('model_type', 'llama')
+  if family not in FAMILIES:
+    raise ValueError(f'{path}: model_type={family!r} is not supported (supported: {sorted(FAMILIES)})')
   if c.get('hidden_act', 'silu') != 'silu':
     raise ValueError(f'{path}: hidden_act={c["hidden_act"]!r} is not supported (SwiGLU with silu only)')
-  rope = c.get('rope_parameters') or {}  # transformers>=5 nests rope_theta here
-  if not isinstance(rope, dict):
-    raise ValueError(f'{path}: rope_parameters must be an object, got {rope!r}')
-  if rope.get('rope_type', 'default') != 'default':
-    raise ValueError(f'{path}: rope_parameters.rope_type={rope["rope_type"]!r} is not supported')
+  if family in ('qwen2', 'qwen3') and c.get('use_sliding_window'):
+    raise ValueError(f'{path}: use_sliding_window=true is not supported (full causal attention only); set it to '
+                     'false in config.json to run with full attention')
+  # What each family's transformers modeling code builds: Llama and Qwen3 put `attention_bias` on q/k/v/o, Qwen2
+  # always biases q/k/v and never o; only Llama reads `mlp_bias`.
+  if family == 'qwen2':
+    qkv_bias, o_bias, mlp_bias = True, False, False
+  else:
+    qkv_bias = o_bias = bool(c.get('attention_bias', False))
+    mlp_bias = bool(c.get('mlp_bias', False)) if family == 'llama' else False
+  rope = _rope_fields(c, path)
 
   def num(key, kind=int, default=None):
-    v = c.get(key, rope.get(key) if key == 'rope_theta' else None)
+    v = c.get(key, (c.get('rope_parameters') or {}).get(key) if key == 'rope_theta' else None)
     v = default if v is None else v
     if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) or not 0 < v < 2**31 \
         or (kind is float and not math.isfinite(v)):
@@ -63,7 +130,8 @@ def _read_config(folder: Path) -> ModelConfig:
         n_kv_heads=num('num_key_value_heads', default=H), head_dim=num('head_dim', default=max(D // H, 1)),
         d_ff=num('intermediate_size'), rope_base=num('rope_theta', float, 10000.0),
         norm_eps=num('rms_norm_eps', float, 1e-6), tie_embeddings=bool(c.get('tie_word_embeddings', False)),
-        max_seq_len=num('max_position_embeddings', default=2048))
+        max_seq_len=num('max_position_embeddings', default=2048), qkv_bias=qkv_bias, o_bias=o_bias,
+        mlp_bias=mlp_bias, qk_norm=family == 'qwen3', **rope)
   except ValueError as e:
     raise ValueError(f'{path}: {e}') from e
 
@@ -100,7 +168,7 @@ def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-  """HF tensor name -> shape ([out, in] for projections) for a Llama checkpoint of `cfg`."""
+  """HF tensor name -> shape ([out, in] for projections) for a Llama / Qwen2 / Qwen3 checkpoint of `cfg`."""
   D, H, K, E, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
   s = {'model.embed_tokens.weight': (V, D), 'model.norm.weight': (D,)}
   if not cfg.tie_embeddings:
@@ -112,11 +180,25 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
               p + 'self_attn.v_proj.weight': (K * E, D), p + 'self_attn.o_proj.weight': (D, H * E),
               p + 'mlp.gate_proj.weight': (F, D), p + 'mlp.up_proj.weight': (F, D),
               p + 'mlp.down_proj.weight': (D, F)})
+    if cfg.qkv_bias:
+      s.update({p + 'self_attn.q_proj.bias': (H * E,), p + 'self_attn.k_proj.bias': (K * E,),
+                p + 'self_attn.v_proj.bias': (K * E,)})
+    if cfg.o_bias:
+      s[p + 'self_attn.o_proj.bias'] = (D,)
+    if cfg.mlp_bias:
+      s.update({p + 'mlp.gate_proj.bias': (F,), p + 'mlp.up_proj.bias': (F,), p + 'mlp.down_proj.bias': (D,)})
+    if cfg.qk_norm:
+      s.update({p + 'self_attn.q_norm.weight': (E,), p + 'self_attn.k_norm.weight': (E,)})
   return s
 
 
 def load_hf(folder) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, float32 numpy params) from a Llama-family safetensors checkpoint folder."""
+  """(ModelConfig, float32 numpy params) from a Llama / Qwen2 / Qwen3 safetensors checkpoint folder.
+
+  config.json fixes the architecture (`FAMILIES`; biases, q/k norms and RoPE scaling follow from model_type,
+  attention_bias, mlp_bias and rope_scaling / rope_parameters). float16 / bfloat16 / float32 tensors load exactly
+  as float32; `build` casts them to `model.param_dtype`.
+  """
   folder = Path(folder)
   if not folder.is_dir():
     raise FileNotFoundError(f'checkpoint folder {folder} does not exist')
@@ -133,8 +215,9 @@ def load_hf(folder) -> tuple[ModelConfig, dict]:
                        f'model.embed_tokens.weight')
   extra = sorted(n for n in set(t) - set(want) if not n.endswith(_IGNORED_SUFFIXES))
   if extra:
-    raise ValueError(f'{folder}: tensor {extra[0]!r} is not supported by the model ({len(extra)} unsupported '
-                     f'tensors, e.g. {extra[:4]}; q/k/v biases as in Qwen2 are not supported)')
+    raise ValueError(f'{folder}: tensor {extra[0]!r} is not supported by the model config.json describes '
+                     f'({len(extra)} unsupported tensors, e.g. {extra[:4]}); check model_type / attention_bias / '
+                     'mlp_bias in config.json match the weights')
   w = {}
   for name, shape in want.items():
     if name not in t:
@@ -155,6 +238,17 @@ def load_hf(folder) -> tuple[ModelConfig, dict]:
                  'wv': b('self_attn.v_proj').T.reshape(D, K, E), 'wo': b('self_attn.o_proj').T.reshape(H, E, D)},
         'mlp_norm': {'scale': b('post_attention_layernorm')},
         'mlp': {'w_gate': b('mlp.gate_proj').T, 'w_up': b('mlp.up_proj').T, 'w_down': b('mlp.down_proj').T}}
+    attn, mlp = params[f'layers_{i}']['attn'], params[f'layers_{i}']['mlp']
+    bias = lambda n: w[f'model.layers.{i}.{n}.bias']
+    if cfg.qkv_bias:
+      attn.update(bq=bias('self_attn.q_proj').reshape(H, E), bk=bias('self_attn.k_proj').reshape(K, E),
+                  bv=bias('self_attn.v_proj').reshape(K, E))
+    if cfg.o_bias:
+      attn['bo'] = bias('self_attn.o_proj')
+    if cfg.qk_norm:
+      attn.update(q_norm={'scale': b('self_attn.q_norm')}, k_norm={'scale': b('self_attn.k_norm')})
+    if cfg.mlp_bias:
+      mlp.update(b_gate=bias('mlp.gate_proj'), b_up=bias('mlp.up_proj'), b_down=bias('mlp.down_proj'))
   params['final_norm'] = {'scale': w['model.norm.weight']}
   if not cfg.tie_embeddings:
     params['lm_head'] = w['lm_head.weight'].T
@@ -193,6 +287,15 @@ def _to_hf(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
         (L, 'attn', 'wv'): (D, cfg.n_kv_heads, cfg.head_dim), (L, 'attn', 'wo'): (cfg.n_heads, cfg.head_dim, D),
         (L, 'attn_norm', 'scale'): (D,), (L, 'mlp_norm', 'scale'): (D,), (L, 'mlp', 'w_gate'): (D, cfg.d_ff),
         (L, 'mlp', 'w_up'): (D, cfg.d_ff), (L, 'mlp', 'w_down'): (cfg.d_ff, D)})
+    H, K, E, F = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+    if cfg.qkv_bias:
+      want_ours.update({(L, 'attn', 'bq'): (H, E), (L, 'attn', 'bk'): (K, E), (L, 'attn', 'bv'): (K, E)})
+    if cfg.o_bias:
+      want_ours[(L, 'attn', 'bo')] = (D,)
+    if cfg.qk_norm:
+      want_ours.update({(L, 'attn', 'q_norm', 'scale'): (E,), (L, 'attn', 'k_norm', 'scale'): (E,)})
+    if cfg.mlp_bias:
+      want_ours.update({(L, 'mlp', 'b_gate'): (F,), (L, 'mlp', 'b_up'): (F,), (L, 'mlp', 'b_down'): (D,)})
   for keys, shape in want_ours.items():
     if get(*keys).shape != shape:
       raise ValueError(f'param {"/".join(keys)} has shape {get(*keys).shape}, expected {shape} for {cfg}')
@@ -211,32 +314,92 @@ def _to_hf(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
         pre + 'mlp.gate_proj.weight': get(L, 'mlp', 'w_gate').T,
         pre + 'mlp.up_proj.weight': get(L, 'mlp', 'w_up').T,
         pre + 'mlp.down_proj.weight': get(L, 'mlp', 'w_down').T})
+    if cfg.qkv_bias:
+      out.update({pre + f'self_attn.{n}_proj.bias': get(L, 'attn', f'b{n}').reshape(-1) for n in 'qkv'})
+    if cfg.o_bias:
+      out[pre + 'self_attn.o_proj.bias'] = get(L, 'attn', 'bo')
+    if cfg.qk_norm:
+      out.update({pre + f'self_attn.{n}_norm.weight': get(L, 'attn', f'{n}_norm', 'scale') for n in 'qk'})
+    if cfg.mlp_bias:
+      out.update({pre + f'mlp.{n}_proj.bias': get(L, 'mlp', f'b_{n}') for n in ('gate', 'up', 'down')})
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def hf_config(cfg: ModelConfig, tokenizer=None) -> dict:
-  c = {'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_act': 'silu',
+def hf_family(cfg: ModelConfig) -> str:
+  """The HF model_type whose modeling code builds exactly `cfg`'s biases and norms (raises when none does)."""
+  if cfg.qk_norm:
+    family = 'qwen3'
+  elif cfg.qkv_bias and not cfg.o_bias and not cfg.mlp_bias:
+    family = 'qwen2'
+  else:
+    family = 'llama'
+  if (family != 'qwen2' and cfg.qkv_bias != cfg.o_bias) or (family == 'qwen3' and cfg.mlp_bias):
+    raise ValueError(f'no Hugging Face family has qkv_bias={cfg.qkv_bias}, o_bias={cfg.o_bias}, '
+                     f'mlp_bias={cfg.mlp_bias}, qk_norm={cfg.qk_norm} (llama: q/k/v/o biases together + MLP biases; '
+                     'qwen2: q/k/v biases only; qwen3: q/k norm + q/k/v/o biases together); change the model config')
+  return family
+
+
+def _rope_config(cfg: ModelConfig) -> dict | None:
+  if cfg.rope_type == 'default':
+    return None
+  r = {'rope_type': cfg.rope_type, 'factor': cfg.rope_factor}
+  if cfg.rope_type == 'llama3':
+    r.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+             original_max_position_embeddings=cfg.rope_original_max_len)
+  elif cfg.rope_type == 'yarn':
+    r.update(original_max_position_embeddings=cfg.rope_original_max_len, beta_fast=cfg.rope_beta_fast,
+             beta_slow=cfg.rope_beta_slow)
+    if cfg.rope_attention_factor:
+      r['attention_factor'] = cfg.rope_attention_factor
+  return r
+
+
+def hf_config(cfg: ModelConfig, tokenizer=None, dtype: str = 'float32') -> dict:
+  """config.json of the family that builds `cfg` (`hf_family`), as transformers writes it."""
+  family = hf_family(cfg)
+  c = {'architectures': [FAMILIES[family]], 'model_type': family, 'hidden_act': 'silu',
        'hidden_size': cfg.d_model, 'intermediate_size': cfg.d_ff, 'num_hidden_layers': cfg.n_layers,
        'num_attention_heads': cfg.n_heads, 'num_key_value_heads': cfg.n_kv_heads, 'head_dim': cfg.head_dim,
        'rope_theta': cfg.rope_base, 'rms_norm_eps': cfg.norm_eps, 'tie_word_embeddings': cfg.tie_embeddings,
-       'vocab_size': cfg.vocab_size, 'max_position_embeddings': cfg.max_seq_len, 'attention_bias': False,
-       'mlp_bias': False, 'rope_scaling': None, 'torch_dtype': 'float32'}
+       'vocab_size': cfg.vocab_size, 'max_position_embeddings': cfg.max_seq_len, 'rope_scaling': _rope_config(cfg),
+       'torch_dtype': dtype}
+  if family == 'llama':
+    c.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+  elif family == 'qwen3':
+    c.update(attention_bias=cfg.qkv_bias, use_sliding_window=False)
+  else:
+    c.update(use_sliding_window=False)
   if tokenizer is not None:
     c.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
   return c
 
 
-def save_hf(folder, cfg: ModelConfig, params: dict, tokenizer=None, overwrite: bool = False) -> Path:
-  """Write config.json + model.safetensors (+ tokenizer files) atomically; returns the folder."""
+_SAVE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def save_hf(folder, cfg: ModelConfig, params: dict, tokenizer=None, overwrite: bool = False,
+            dtype: str = 'float32') -> Path:
+  """Write config.json (of `cfg`'s family) + model.safetensors (+ tokenizer files) atomically; returns the folder.
+
+  `dtype` is the tensors' dtype on disk ('float32', or 'bfloat16' / 'float16' to halve the files, rounding to
+  nearest even); `load_hf` reads any of them back.
+  """
   from safetensors.numpy import save_file
   folder = Path(folder)
+  if dtype not in _SAVE_DTYPES:
+    raise ValueError(f'save_hf(dtype={dtype!r}): must be one of {_SAVE_DTYPES}')
   if folder.exists() and not overwrite:
     raise FileExistsError(f'{folder} exists; pass overwrite=True to replace it')
   tensors = _to_hf(cfg, params)
+  if dtype != 'float32':
+    import ml_dtypes
+    np_dtype = ml_dtypes.bfloat16 if dtype == 'bfloat16' else np.float16
+    tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
   folder.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=folder.parent))
   try:
-    (tmp / 'config.json').write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))
+    (tmp / 'config.json').write_text(json.dumps(hf_config(cfg, tokenizer, dtype), indent=2))
     save_file(tensors, tmp / 'model.safetensors', metadata={'format': 'pt'})
     if tokenizer is not None:
       tokenizer.save(tmp)

@@ -6,11 +6,13 @@ Shape suffixes as in llama.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,20 @@ class ModelConfig:
       problems.append(f'model.head_dim={self.head_dim} must be even for rotate-half RoPE')
     if self.rope_type not in ('default', 'linear', 'llama3', 'yarn'):
       problems.append(f"model.rope_type={self.rope_type!r} must be one of 'default', 'linear', 'llama3', 'yarn'")
+    elif self.rope_type != 'default':
+      if not (math.isfinite(self.rope_factor) and self.rope_factor > 0):
+        problems.append(f'model.rope_factor={self.rope_factor} must be a positive number for '
+                        f'rope_type={self.rope_type!r}')
+      if self.rope_type in ('llama3', 'yarn') and self.rope_original_max_len <= 0:
+        problems.append(f'model.rope_original_max_len={self.rope_original_max_len} must be positive for '
+                        f"rope_type={self.rope_type!r} (HF original_max_position_embeddings)")
+      if self.rope_type == 'llama3' and not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+        problems.append(f'model.rope_low_freq_factor={self.rope_low_freq_factor} and rope_high_freq_factor='
+                        f'{self.rope_high_freq_factor} must satisfy 0 < low < high for rope_type=llama3')
+      if self.rope_type == 'yarn' and (self.rope_beta_fast <= 0 or self.rope_beta_slow <= 0
+                                       or self.rope_attention_factor < 0):
+        problems.append(f'model.rope_beta_fast={self.rope_beta_fast}, rope_beta_slow={self.rope_beta_slow} must be '
+                        f'positive and rope_attention_factor={self.rope_attention_factor} >= 0 for rope_type=yarn')
     if problems:
       raise ValueError('; '.join(problems))
 
@@ -76,8 +92,10 @@ class ModelConfig:
 
   def num_params(self) -> int:
     D, F, V = self.d_model, self.d_ff, self.vocab_size
-    attn = D * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-    per_layer = attn + 3 * D * F + 2 * D
+    H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
+    attn = D * E * (2 * H + 2 * K)
+    attn += (H + 2 * K) * E * self.qkv_bias + D * self.o_bias + 2 * E * self.qk_norm
+    per_layer = attn + 3 * D * F + 2 * D + (2 * F + D) * self.mlp_bias
     per_layer += self.n_experts * (2 * D * self.expert_rank + D)   # expert A, B and router column
     return self.n_layers * per_layer + V * D * (1 if self.tie_embeddings else 2) + D
 
@@ -94,22 +112,67 @@ class RMSNorm(nn.Module):
   eps: float
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  axis_name: str = 'norm'     # logical axis of `scale` ('head_dim' for Qwen3's per-head q/k norms)
 
   @nn.compact
   def __call__(self, x):
-    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('norm',), self.param_dtype)
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), (self.axis_name,), self.param_dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def rope(x_BLHE, pos_BL, base: float):
-  """Rotate-half rotary embedding (the Hugging Face Llama convention), computed in float32."""
+def rope_frequencies(cfg: ModelConfig) -> tuple[np.ndarray | None, float]:
+  """(inv_freq [E/2] float32, attention factor) of `cfg`'s RoPE scaling; (None, 1.0) for plain RoPE.
+
+  The formulas of Hugging Face transformers' modeling_rope_utils (`_compute_linear_scaling_rope_parameters`,
+  `_compute_llama3_parameters`, `_compute_yarn_parameters`), so imported checkpoints see the positions they were
+  trained with. Computed on the host in float64 from config constants (cast once to float32), so it is a constant
+  of the traced program. The yarn `factor` is the configured one (transformers >= 4.56 behaviour; older versions
+  replaced it by max_position_embeddings / original_max_position_embeddings).
+  """
+  if cfg.rope_type == 'default':
+    return None, 1.0
+  E, base, factor = cfg.head_dim, cfg.rope_base, cfg.rope_factor
+  pos_freqs = base ** (np.arange(0, E, 2, dtype=np.float64) / E)
+  inv_freq = 1.0 / pos_freqs
+  attention = 1.0
+  if cfg.rope_type == 'linear':
+    inv_freq = inv_freq / factor
+  elif cfg.rope_type == 'llama3':
+    old, lo, hi = cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old / lo, inv_freq / factor, inv_freq)      # long wavelengths: interpolate
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+    inv_freq = np.where(medium, smoothed, scaled)
+  elif cfg.rope_type == 'yarn':
+    def correction_dim(rotations):
+      return E * math.log(cfg.rope_original_max_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+    low = max(math.floor(correction_dim(cfg.rope_beta_fast)), 0)
+    high = min(math.ceil(correction_dim(cfg.rope_beta_slow)), E - 1)
+    ramp = np.clip((np.arange(E // 2, dtype=np.float64) - low) / ((high - low) or 0.001), 0, 1)
+    extrapolation = 1 - ramp       # 1: keep the pretrained frequency, 0: interpolate by `factor`
+    inv_freq = inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
+    attention = cfg.rope_attention_factor or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+  return inv_freq.astype(np.float32), float(attention)
+
+
+def rope(x_BLHE, pos_BL, base: float, inv_freq=None, attention_factor: float = 1.0):
+  """Rotate-half rotary embedding (the Hugging Face Llama convention), computed in float32.
+
+  `inv_freq` (from `rope_frequencies`) replaces the plain 1 / base^(2i/E) for scaled RoPE; `attention_factor`
+  scales cos and sin (yarn), as transformers does.
+  """
   E = x_BLHE.shape[-1]
-  inv_freq = 1.0 / (base ** (jnp.arange(0, E, 2, dtype=jnp.float32) / E))   # [E/2]
+  if inv_freq is None:
+    inv_freq = 1.0 / (base ** (jnp.arange(0, E, 2, dtype=jnp.float32) / E))   # [E/2]
   ang_BLe = pos_BL.astype(jnp.float32)[..., None] * inv_freq                  # [B,L,E/2]
   cos = jnp.cos(ang_BLe)[:, :, None, :]
   sin = jnp.sin(ang_BLe)[:, :, None, :]
+  if attention_factor != 1.0:
+    cos, sin = cos * attention_factor, sin * attention_factor
   x = x_BLHE.astype(jnp.float32)
   x1, x2 = x[..., : E // 2], x[..., E // 2:]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -130,9 +193,20 @@ class Attention(nn.Module):
     wv = _param(self, 'wv', init, (D, K, E), ('embed', 'kv_heads', 'head_dim'), pdt)
     wo = _param(self, 'wo', init, (H, E, D), ('heads', 'head_dim', 'embed'), pdt)
     x = x_BLD.astype(dt)
-    q_BLHE = rope(jnp.einsum('bld,dhe->blhe', x, wq.astype(dt)), pos_BL, c.rope_base)
-    k_BLKE = rope(jnp.einsum('bld,dke->blke', x, wk.astype(dt)), pos_BL, c.rope_base)
+    q_BLHE = jnp.einsum('bld,dhe->blhe', x, wq.astype(dt))
+    k_BLKE = jnp.einsum('bld,dke->blke', x, wk.astype(dt))
     v_BLKE = jnp.einsum('bld,dke->blke', x, wv.astype(dt))
+    if c.qkv_bias:   # Qwen2 / Qwen2.5
+      zeros = nn.initializers.zeros
+      q_BLHE = q_BLHE + _param(self, 'bq', zeros, (H, E), ('heads', 'head_dim'), pdt).astype(dt)
+      k_BLKE = k_BLKE + _param(self, 'bk', zeros, (K, E), ('kv_heads', 'head_dim'), pdt).astype(dt)
+      v_BLKE = v_BLKE + _param(self, 'bv', zeros, (K, E), ('kv_heads', 'head_dim'), pdt).astype(dt)
+    if c.qk_norm:    # Qwen3: RMSNorm over each head's E features (one [E] weight shared by the heads), before RoPE
+      q_BLHE = RMSNorm(c.norm_eps, dt, pdt, 'head_dim', name='q_norm')(q_BLHE)
+      k_BLKE = RMSNorm(c.norm_eps, dt, pdt, 'head_dim', name='k_norm')(k_BLKE)
+    inv_freq, attention_factor = rope_frequencies(c)
+    q_BLHE = rope(q_BLHE, pos_BL, c.rope_base, inv_freq, attention_factor)
+    k_BLKE = rope(k_BLKE, pos_BL, c.rope_base, inv_freq, attention_factor)
     # Keys/values live as [B,K,T,E] (the cache layout too), so attention contracts without
     # transposing the whole cache every decode step.
     k_BKLE, v_BKLE = k_BLKE.transpose(0, 2, 1, 3), v_BLKE.transpose(0, 2, 1, 3)
@@ -155,11 +229,13 @@ class Attention(nn.Module):
     # One [B,L,H*E] x [H*E,D] matmul: with the 3-D einsum XLA:CPU chose to transpose wo (a weight, every
     # call) to match the attention output's layout, which was 24% of a decode step (issue 8's profile).
     out_BLD = o_BLKGE.reshape(B, L, H * E) @ wo.astype(dt).reshape(H * E, D)
+    if c.o_bias:
+      out_BLD = out_BLD + _param(self, 'bo', nn.initializers.zeros, (D,), ('embed',), pdt).astype(dt)
     return out_BLD, new_cache
 
 
 class MLP(nn.Module):
-  """SwiGLU MLP: down(silu(x @ gate) * (x @ up))."""
+  """SwiGLU MLP: down(silu(x @ gate + b_gate) * (x @ up + b_up)) + b_down (biases only with cfg.mlp_bias)."""
   cfg: ModelConfig
 
   @nn.compact
@@ -171,5 +247,12 @@ class MLP(nn.Module):
     w_up = _param(self, 'w_up', init, (c.d_model, c.d_ff), ('embed', 'mlp'), pdt)
     w_down = _param(self, 'w_down', init, (c.d_ff, c.d_model), ('mlp', 'embed'), pdt)
     x = x_BLD.astype(dt)
-    h_BLF = jax.nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
-    return h_BLF @ w_down.astype(dt)
+    if not c.mlp_bias:
+      h_BLF = jax.nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
+      return h_BLF @ w_down.astype(dt)
+    zeros = nn.initializers.zeros
+    b_gate = _param(self, 'b_gate', zeros, (c.d_ff,), ('mlp',), pdt).astype(dt)
+    b_up = _param(self, 'b_up', zeros, (c.d_ff,), ('mlp',), pdt).astype(dt)
+    b_down = _param(self, 'b_down', zeros, (c.d_model,), ('embed',), pdt).astype(dt)
+    h_BLF = jax.nn.silu(x @ w_gate.astype(dt) + b_gate) * (x @ w_up.astype(dt) + b_up)
+    return h_BLF @ w_down.astype(dt) + b_down
