@@ -93,11 +93,13 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None, tokenizer=N
     else:
       cfg, host = sio.load_hf(mc.path)
       tok = sio.Tokenizer.load(mc.path)
+    tok.enable_thinking = bool(mc.get('enable_thinking', False))   # read by Qwen3-style chat templates
     if tok.vocab_size > cfg.vocab_size:   # ids past the embedding would be clamped silently by the gather
       raise ValueError(f'tokenizer of {mc.path or mc.source} has {tok.vocab_size} tokens but the model\'s vocabulary '
                        f'is {cfg.vocab_size}: the tokenizer does not belong to these weights')
-    # The file fixes the architecture; config chooses compute dtypes, the context cap, rematerialisation and the
-    # CMS expert pools added on top of the pretrained MLPs (their leaves start from a fresh init, all inactive).
+    # The file fixes the architecture (biases, q/k norms and RoPE scaling included: `replace` keeps them); config
+    # chooses compute dtypes, the context cap, rematerialisation and the CMS expert pools added on top of the
+    # pretrained MLPs (their leaves start from a fresh init, all inactive).
     cfg = dataclasses.replace(cfg, dtype=mc.dtype, param_dtype=mc.param_dtype,
                               max_seq_len=min(cfg.max_seq_len, mc.max_seq_len),
                               n_experts=mc.get('n_experts', 0), expert_rank=mc.get('expert_rank', 0),

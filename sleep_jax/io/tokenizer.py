@@ -28,11 +28,17 @@ def _pre_tokenizer(pre: str, where):
 
 
 class Tokenizer:
-  """Wraps a `tokenizers.Tokenizer` with the ids and chat template a chat model needs."""
+  """Wraps a `tokenizers.Tokenizer` with the ids and chat template a chat model needs.
+
+  A tokenizer without a chat template belongs to a *base* (pretrained, not instruction-tuned) model; its prompts
+  are rendered plainly (`apply_chat_template`). `enable_thinking` is passed to the template as the variable of that
+  name (Qwen3's templates open a <think> block unless it is false); `build` sets it from config.model.
+  """
 
   def __init__(self, tk, *, bos: str | None, eos: str, pad: str | None = None, chat_template: str | None = None,
-               add_bos: bool = False, add_eos: bool = False):
+               add_bos: bool = False, add_eos: bool = False, enable_thinking: bool = False):
     self.tk = tk
+    self.enable_thinking = bool(enable_thinking)
     self.bos, self.eos, self.pad = bos, eos, pad
     self.chat_template = chat_template
     self.add_bos, self.add_eos = bool(add_bos), bool(add_eos)
@@ -119,9 +125,21 @@ class Tokenizer:
     name = lambda t: t.get('content') if isinstance(t, dict) else t  # HF may store AddedToken dicts
     if name(conf.get('eos_token')) is None:
       raise ValueError(f'{tc}: eos_token is missing')
-    return cls(tk, bos=name(conf.get('bos_token')), eos=name(conf['eos_token']), pad=name(conf.get('pad_token')),
-               chat_template=conf.get('chat_template'), add_bos=conf.get('add_bos_token', False),
-               add_eos=conf.get('add_eos_token', False))
+    bos = name(conf.get('bos_token'))
+    add_bos = conf.get('add_bos_token')
+    if add_bos is None:   # Llama-3 writes no add_bos_token: its tokenizer.json post-processor prepends the bos
+      bos_id = None if bos is None else tk.token_to_id(bos)
+      add_bos = bos_id is not None and tk.encode('a', add_special_tokens=True).ids[:1] == [bos_id]
+    template = conf.get('chat_template')
+    if template is None and (folder / 'chat_template.jinja').is_file():   # transformers >= 4.50 saves it apart
+      template = (folder / 'chat_template.jinja').read_text()
+    if isinstance(template, list):   # named templates [{'name': 'default', 'template': ...}, ...]
+      named = {t.get('name'): t.get('template') for t in template if isinstance(t, dict)}
+      if 'default' not in named:
+        raise ValueError(f'{tc}: chat_template is a list without a "default" entry (have {sorted(named)})')
+      template = named['default']
+    return cls(tk, bos=bos, eos=name(conf['eos_token']), pad=name(conf.get('pad_token')),
+               chat_template=template, add_bos=add_bos, add_eos=conf.get('add_eos_token', False))
 
   # ---- ids -----------------------------------------------------------------------------------
   def _id(self, tok):
@@ -164,10 +182,24 @@ class Tokenizer:
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
     return self.tk.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
+  @property
+  def is_base(self) -> bool:
+    """No chat template: a base model, prompted with plain text."""
+    return self.chat_template is None
+
   def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Render the model's own chat template (sandboxed jinja2, Hugging Face's settings)."""
+    """Render the model's own chat template (sandboxed jinja2, Hugging Face's settings).
+
+    A base model (no template) gets the messages' contents concatenated exactly as written, whatever their roles:
+    a prompt is the user's text as-is and an assistant turn continues it directly, which is how a pretrained model
+    is prompted (few-shot text ending where the answer starts). `add_generation_prompt` adds nothing then; the bos
+    token is added by `chat_tokens` when the tokenizer asks for one (`add_bos`).
+    """
     if self.chat_template is None:
-      raise ValueError('this tokenizer has no chat template (tokenizer.chat_template missing from the model)')
+      for m in messages:
+        if not isinstance(m.get('content'), str):
+          raise ValueError(f'base-model prompt: message content must be a string, got {m.get("content")!r}')
+      return ''.join(m['content'] for m in messages)
     if self._template is None:
       from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -179,10 +211,15 @@ class Tokenizer:
       env.globals['raise_exception'] = raise_exception
       self._template = env.from_string(self.chat_template)
     return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                 bos_token=self.bos or '', eos_token=self.eos)
+                                 bos_token=self.bos or '', eos_token=self.eos, enable_thinking=self.enable_thinking)
 
   def chat_tokens(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-    return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+    """Token ids of the rendered messages. A chat template writes its own bos; a base model's prompt gets the bos
+    per `add_bos` (as Hugging Face's tokenizer would add it)."""
+    text = self.apply_chat_template(messages, add_generation_prompt)
+    if self.is_base:
+      return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + self.encode(text)
+    return self.encode(text)
 
   def __repr__(self):
     return f'Tokenizer(vocab_size={self.vocab_size}, bos={self.bos!r}, eos={self.eos!r}, pad={self.pad!r})'
