@@ -382,3 +382,19 @@ def test_base_model_without_chat_template_samples(ckpts, tmp_path):
     assert out.tokens[0, j] == int(np.argmax(lp))
     assert abs(out.logprobs[0, j] - lp.max()) < 1e-3
     seq.append(int(out.tokens[0, j]))
+
+
+def test_new_params_carry_logical_axes():
+  """Biases and q/k norm scales are sharded by name like every other parameter (abstract init, nothing allocated)."""
+  import flax.linen as nn
+  from flax import traverse_util
+  from sleep_jax.build import abstract_params
+  cfg = ModelConfig(V, D, 1, H, K, 8, F, qkv_bias=True, o_bias=True, mlp_bias=True, qk_norm=True)
+  boxed = traverse_util.flatten_dict(abstract_params(Transformer(cfg)), sep='/')
+  axes = {k: v.names for k, v in boxed.items() if isinstance(v, nn.Partitioned)}
+  assert len(axes) == len(boxed)
+  want = {'attn/bq': ('heads', 'head_dim'), 'attn/bk': ('kv_heads', 'head_dim'), 'attn/bv': ('kv_heads', 'head_dim'),
+          'attn/bo': ('embed',), 'attn/q_norm/scale': ('head_dim',), 'attn/k_norm/scale': ('head_dim',),
+          'mlp/b_gate': ('mlp',), 'mlp/b_up': ('mlp',), 'mlp/b_down': ('embed',)}
+  assert {k: axes['layers_0/' + k] for k in want} == want
+  assert sum(math.prod(v.value.shape) for v in boxed.values()) == cfg.num_params()
