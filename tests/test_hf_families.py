@@ -98,7 +98,7 @@ def _tensors(conf, seed):
 def write_checkpoint(folder, conf, dtype, seed=0):
   from safetensors.numpy import save_file
   folder.mkdir(parents=True)
-  conf = {k: v for k, v in conf.items() if v is not None or k in ('rope_scaling', 'sliding_window')}
+  conf = {k: v for k, v in conf.items() if v is not None or k in ('rope_scaling', 'sliding_window', 'rope_theta')}
   (folder / 'config.json').write_text(json.dumps(conf, indent=2))
   t = _tensors(conf, seed)
   if dtype == 'bfloat16':
@@ -332,10 +332,12 @@ WORDS = ['<s>', '</s>', '<|im_start|>', '<|im_end|>', '<think>', '</think>', 'us
          'sat', 'on', 'mat', '\n', 'a', 'dog']
 
 
-def write_tokenizer(folder, chat_template=None, add_bos=None):
-  from tokenizers import AddedToken, Tokenizer as HFTokenizer, models, pre_tokenizers
+def write_tokenizer(folder, chat_template=None, add_bos=None, bos_post_processor=False):
+  from tokenizers import AddedToken, Tokenizer as HFTokenizer, models, pre_tokenizers, processors
   tk = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token='</s>'))
   tk.pre_tokenizer = pre_tokenizers.Split(pattern=' ', behavior='removed')
+  if bos_post_processor:   # Llama-3's way: tokenizer.json prepends the bos, tokenizer_config.json says nothing
+    tk.post_processor = processors.TemplateProcessing(single='<s> $A', special_tokens=[('<s>', 0)])
   tk.add_special_tokens([AddedToken(w, special=True, normalized=False) for w in WORDS[:6]])
   tk.add_tokens([AddedToken('\n', normalized=False)])
   tk.save(str(folder / 'tokenizer.json'))
@@ -353,6 +355,16 @@ def test_enable_thinking_reaches_the_template(tmp_path):
   assert tok.apply_chat_template(msgs).endswith('<|im_start|>assistant\n<think>\n\n</think>\n\n')   # default off
   tok.enable_thinking = True
   assert tok.apply_chat_template(msgs).endswith('<|im_start|>assistant\n')
+  assert not tok.is_base and not tok.add_bos
+
+
+def test_base_tokenizer_takes_bos_from_the_post_processor(tmp_path):
+  from sleep_jax.io import Tokenizer
+  write_tokenizer(tmp_path, bos_post_processor=True)
+  tok = Tokenizer.load(tmp_path)
+  assert tok.is_base and tok.add_bos
+  assert tok.chat_tokens([{'role': 'user', 'content': 'the cat'}, {'role': 'assistant', 'content': ' sat'}]) == \
+      [0, 8, 9, 10]
 
 
 def test_base_model_without_chat_template_samples(ckpts, tmp_path):

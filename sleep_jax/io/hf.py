@@ -116,7 +116,9 @@ def _read_config(folder: Path) -> ModelConfig:
   rope = _rope_fields(c, path)
 
   def num(key, kind=int, default=None):
-    v = c.get(key, (c.get('rope_parameters') or {}).get(key) if key == 'rope_theta' else None)
+    v = c.get(key)
+    if v is None and key == 'rope_theta':   # transformers>=5 nests it in rope_parameters
+      v = (c.get('rope_parameters') or {}).get(key)
     v = default if v is None else v
     if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) or not 0 < v < 2**31 \
         or (kind is float and not math.isfinite(v)):
