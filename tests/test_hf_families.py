@@ -82,7 +82,8 @@ def _tensors(conf, seed):
     t.update({p + 'input_layernorm.weight': norm(D), p + 'post_attention_layernorm.weight': norm(D),
               p + 'self_attn.q_proj.weight': w(H * E, D), p + 'self_attn.k_proj.weight': w(K * E, D),
               p + 'self_attn.v_proj.weight': w(K * E, D), p + 'self_attn.o_proj.weight': w(D, H * E),
-              p + 'mlp.gate_proj.weight': w(F, D), p + 'mlp.up_proj.weight': w(F, D), p + 'mlp.down_proj.weight': w(D, F)})
+              p + 'mlp.gate_proj.weight': w(F, D), p + 'mlp.up_proj.weight': w(F, D),
+              p + 'mlp.down_proj.weight': w(D, F)})
     if qkv_bias:
       t.update({p + 'self_attn.q_proj.bias': w(H * E), p + 'self_attn.k_proj.bias': w(K * E),
                 p + 'self_attn.v_proj.bias': w(K * E)})
@@ -226,7 +227,8 @@ def test_rope_frequencies_hand_values():
 def _rope_kw(name):
   return {'llama3': dict(rope_type='llama3', rope_factor=4.0, rope_original_max_len=8),
           'qwen2.5-yarn': dict(rope_type='yarn', rope_factor=4.0, rope_original_max_len=64),
-          'qwen3': dict(rope_base=1e6, rope_type='yarn', rope_factor=4.0, rope_original_max_len=64), 'llama-bias': dict(rope_type='linear', rope_factor=2.0)}.get(name, {})
+          'qwen3': dict(rope_base=1e6, rope_type='yarn', rope_factor=4.0, rope_original_max_len=64),
+          'llama-bias': dict(rope_type='linear', rope_factor=2.0)}.get(name, {})
 
 
 @pytest.mark.parametrize('name', list(CASES))
