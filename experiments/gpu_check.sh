@@ -81,7 +81,7 @@ else:
   print('| device | model | batch | step s | TFLOP/s | MFU vs measured bf16 matmul peak | MFU vs data-sheet bf16 peak |')
   print('|---|---|---|---:|---:|---|---|')
   print(f"| {g['device']} ({g.get('backend', '?')}) | {g['params_b'] * 1e3:.1f}M params | {g['batch'][0]}x{g['batch'][1]} | "
-        f"{g['step_s']:.3f} | {g['tflops']:.2f} | {100 * g['mfu']:.1f}% of {g['bf16_matmul_peak_tflops']:.1f} | {spec} |")
+        f"{g['step_s']:.3f} | {g['tflops']:.2f} | {100 * g['mfu']:.1f}% of {g['bf16_matmul_peak_tflops']:.3g} | {spec} |")
 PYEOF
 else
   echo "(no bench.json: see $DIR/bench.log)"; status=1
