@@ -85,3 +85,23 @@ def test_a_mesh_that_does_not_fit_the_slice_is_named():
     memory_plan.resolve_mesh({'data': 2, 'fsdp': 2}, 8)
   with pytest.raises(ValueError, match='not one of'):
     memory_plan.plan(arc_llama32_1b.get_config('smoke'), slices=('v9-1',))
+
+
+@pytest.mark.parametrize('mod', [squad_qwen25_7b, arc_llama32_1b])
+def test_every_paper_config_variant_validates_plans_and_carries_table5(mod, tmp_path):
+  from experiments.common import finetune_problems
+  from sleep_jax import runtime
+  for v in mod.VARIANTS:
+    c = mod.get_config(v)
+    if c.model.source == 'hf':
+      c.model.path = str(tmp_path)   # the user's checkpoint folder
+    runtime.validate(c, finetune_problems(c))
+    k = c.sleep.ks
+    assert (k.steps, k.prompts_per_step * k.group_size, k.lr) == ((100, 32, 5e-6) if v != 'smoke' else (2, 4, 5e-6))
+    assert c.model.remat and c.sleep.dream.lr == c.finetune.lr == 5e-6
+    if v != 'smoke':
+      assert (c.model.n_experts, c.model.expert_rank, c.model.param_dtype) == (5, 64, 'bfloat16')
+      p = memory_plan.plan(c, slices=('8xH100',))
+      assert p['rows'][0]['fits'] and p['rows'][0]['total'] == sum(p['rows'][0][x] for x in memory_plan.COLUMNS)
+  with pytest.raises(ValueError, match='variants'):
+    mod.get_config('huge')
