@@ -160,9 +160,15 @@ def _place(model: nn.Module, read: dict, abstract, shardings, dtype, key):
 
 
 def _init_missing(model: nn.Module, paths: list, shardings: dict, key) -> dict:
-  """{path: sharded fresh leaf} for `paths` only: the model's init jitted with just those outputs."""
+  """{path: sharded fresh leaf} for `paths` only."""
+  out = _missing_init(model, paths, shardings)(key)
+  return {k: out['/'.join(k)] for k in paths}
+
+
+def _missing_init(model: nn.Module, paths: list, shardings: dict):
+  """The model's init jitted with only `paths` as outputs (placed by `shardings`): XLA drops every other leaf's
+  initialiser, so the program holds just these leaves (tests/test_build_streamed.py checks its memory analysis)."""
   def init(r):
     flat = traverse_util.flatten_dict(nn.meta.unbox(_init_params(model)(r)))
     return {'/'.join(k): flat[k] for k in paths}
-  out = jax.jit(init, out_shardings={'/'.join(k): s for k, s in shardings.items()})(key)
-  return {k: out['/'.join(k)] for k in paths}
+  return jax.jit(init, out_shardings={'/'.join(k): s for k, s in shardings.items()})

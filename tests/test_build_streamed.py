@@ -1,6 +1,8 @@
 """Streamed loading of a Hugging Face folder (build.py + io/hf.HfReader): every device's slice read straight from
 the safetensors file, only the leaves the checkpoint lacks (expert pools, routers) initialised, and the same
 parameters, bit for bit, as the former path (load_hf's whole float32 tree, a full random init, then a merge)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,7 @@ def folder(tmp_path_factory):
   abstract = jax.eval_shape(lambda: build.Transformer(CFG).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
-                        jax.tree.map(lambda x: x, build.nn.meta.unbox(abstract['params'])))
+                        build.nn.meta.unbox(abstract['params']))
   return sio.save_hf(tmp_path_factory.mktemp('hf') / 'ckpt', CFG, params)
 
 
@@ -38,7 +40,6 @@ def config(folder, **model):
 def former_build(c):
   """The former path, written out: whole float32 tree, param_dtype cast, full sharded init, checkpoint leaves in."""
   cfg, host = sio.load_hf(c.model.path)
-  import dataclasses
   cfg = dataclasses.replace(cfg, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
                             n_experts=c.model.n_experts, expert_rank=c.model.expert_rank)
   mesh = sharding.make_mesh(c.mesh.shape)
@@ -79,6 +80,16 @@ def test_experts_from_hf_without_a_full_init_and_bit_identical_to_the_former_pat
   # Every read is one device's slice: wq (embed over fsdp=4, heads over tensor=2) is read in eighths.
   wq = [n for (p, s), n in zip(reads[::2], reads[1::2]) if p == ('layers_0', 'attn', 'wq')]
   assert wq and max(wq) == 32 * 4 * 8 // 8 and len(wq) == 8
+  # The compiled sub-tree init holds only the expert leaves: its outputs are exactly their bytes, and its
+  # temporaries stay below the base weights it no longer materialises.
+  sh = traverse_util.flatten_dict(b.shardings)
+  ma = build._missing_init(b.model, inits[0], {k: sh[k] for k in inits[0]}).lower(jax.random.key(0)).compile() \
+      .memory_analysis()
+  flat = traverse_util.flatten_dict(b.params)
+  expert_bytes = sum(flat[k].size * 2 for k in inits[0])   # bfloat16
+  base_bytes = sum(v.size * 2 for k, v in flat.items() if k not in inits[0])
+  if ma is not None:   # the CPU backend reports it
+    assert ma.output_size_in_bytes <= expert_bytes + 1024 and ma.temp_size_in_bytes < base_bytes / 2
 
 
 def test_plain_hf_build_matches_load_hf(folder, monkeypatch):
