@@ -147,6 +147,8 @@ def _place(model: nn.Module, read: dict, abstract, shardings, dtype, key):
   if extra:
     raise ValueError(f'checkpoint tensors {extra[:3]} have no place in the model')
   missing = [k for k in sh if k not in read]
+  if missing:
+    logging.info('initialising %d leaves the checkpoint lacks (e.g. %s)', len(missing), '/'.join(missing[0]))
   fresh = _init_missing(model, missing, {k: sh[k] for k in missing}, key) if missing else {}
   shapes = {k: tuple(x.shape) for k, x in traverse_util.flatten_dict(abstract).items()}
   out = {}
