@@ -45,7 +45,8 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.sampling.gen_buckets = (32, 64)
   c.sleep.ks.max_new_tokens = 64
   if arg == 'cpt200':
-    # n = 200 passages in one sleep. Table 5's 100 sleep steps cannot be fewer than one update per passage in
+    # n = 200 passages in one sleep: needs the SQuAD source above (the built-in generated knowledge task has 77 test
+    # passages; multi_passage_ki stops naming multi.sizes when the split is smaller). Table 5's 100 sleep steps cannot be fewer than one update per passage in
     # multi_passage_ki (steps = ks_steps_per_passage x n), so n = 200 takes 200 KS updates of batch 32.
     c.multi.update(dict(sizes=(200,), ks_steps_per_passage=1, seal_steps_per_passage=1))
     c.knowledge.n_docs = 200
