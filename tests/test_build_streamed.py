@@ -131,3 +131,24 @@ def test_streamed_reader_names_bad_tensors(folder, tmp_path):
   save_file({**t, 'model.layers.0.self_attn.q_proj.bias': np.zeros(32, np.float32)}, c / 'model.safetensors')
   with pytest.raises(ValueError, match='q_proj.bias'):
     hf.open_hf(c)
+
+
+def test_streamed_reader_reads_a_sharded_checkpoint(folder, tmp_path):
+  """model.safetensors.index.json + several files: each tensor is read from the file the index names."""
+  import json
+  import shutil
+  from safetensors.numpy import load_file, save_file
+  c = tmp_path / 'c'
+  shutil.copytree(folder, c)
+  t = load_file(c / 'model.safetensors')
+  names = sorted(t)
+  shards = {'model-00001-of-00002.safetensors': names[::2], 'model-00002-of-00002.safetensors': names[1::2]}
+  for f, ns in shards.items():
+    save_file({n: t[n] for n in ns}, c / f)
+  (c / 'model.safetensors').unlink()
+  (c / 'model.safetensors.index.json').write_text(
+      json.dumps({'metadata': {}, 'weight_map': {n: f for f, ns in shards.items() for n in ns}}))
+  _, reader = hf.open_hf(c)
+  flat = traverse_util.flatten_dict(sio.load_hf(folder)[1])
+  for k, v in flat.items():
+    np.testing.assert_array_equal(reader.read(k, v.shape), v)
