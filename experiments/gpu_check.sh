@@ -24,7 +24,7 @@ DIR=""
 for a in "$@"; do
   case "$a" in
     --tiny) TINY=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $a (use --tiny and/or an output folder)" >&2; exit 2 ;;
     *) DIR="$a" ;;
   esac
