@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -83,6 +84,7 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None, tokenizer=N
   else:
     if tokenizer is not None:
       raise ValueError(f'build(tokenizer=...) is for model.source=random; {mc.source!r} brings its own tokenizer')
+    reader = host = None
     if mc.source == 'smollm2':
       path = sio.default_model_path()
       cfg, host = sio.load_gguf(path)
@@ -90,8 +92,8 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None, tokenizer=N
     elif mc.source == 'gguf':
       cfg, host = sio.load_gguf(mc.path)
       tok = sio.Tokenizer.from_gguf(mc.path)
-    else:
-      cfg, host = sio.load_hf(mc.path)
+    else:   # tensors stay in the files until each device's slice is read (_place)
+      cfg, reader = sio.hf.open_hf(mc.path)
       tok = sio.Tokenizer.load(mc.path)
     tok.enable_thinking = bool(mc.get('enable_thinking', False))   # read by Qwen3-style chat templates
     if tok.vocab_size > cfg.vocab_size:   # ids past the embedding would be clamped silently by the gather
@@ -105,14 +107,16 @@ def build(config, mesh: Mesh | None = None, seed: int | None = None, tokenizer=N
                               n_experts=mc.get('n_experts', 0), expert_rank=mc.get('expert_rank', 0),
                               remat=mc.get('remat', False))
     model = Transformer(cfg)
-    shardings = sharding.logical_shardings(abstract_params(model), mesh, rules)
-    host = jax.tree.map(lambda x: x.astype(jnp.dtype(cfg.param_dtype)), host)
-    if cfg.n_experts:
-      seed = config.get('seed', 0) if seed is None else seed
-      fresh, _ = sharding.init_sharded(_init_params(model), mesh, rules, jax.random.key(seed))
-      params = _merge_pretrained(fresh, host, shardings)
+    abstract = abstract_params(model)
+    shardings = sharding.logical_shardings(abstract, mesh, rules)
+    if reader is not None:
+      read = {k: functools.partial(reader.read, k) for k in reader.plan}
     else:
-      params = sharding.put_tree(host, shardings)
+      flat_host = traverse_util.flatten_dict(host)
+      read = {k: (lambda k: lambda shape, idx: flat_host[k][idx])(k) for k in flat_host}
+    seed = config.get('seed', 0) if seed is None else seed
+    params = _place(model, read, nn.meta.unbox(abstract), shardings, jnp.dtype(cfg.param_dtype),
+                    jax.random.key(seed))
   cms = init_cms_state(cfg)
   logging.info('built %s model (%.1fM params) on mesh %s in %.1fs', mc.source, cfg.num_params() / 1e6,
                dict(mesh.shape), time.time() - t0)
@@ -131,11 +135,44 @@ def _init_params(model: nn.Module):
   return lambda r: model.init(r, jnp.zeros((1, 1), jnp.int32))['params']
 
 
-def _merge_pretrained(fresh, host, shardings):
-  """`fresh` (sharded init) with every leaf the checkpoint has replaced by the checkpoint's value."""
-  f, h, sh = (traverse_util.flatten_dict(t) for t in (fresh, host, shardings))
-  missing = sorted('/'.join(k) for k in h if k not in f)
+def _place(model: nn.Module, read: dict, abstract, shardings, dtype, key):
+  """The parameter tree, sharded, from `read` ({path: (leaf shape, index) -> float32 numpy leaf[index]}: the
+  checkpoint's leaves) and a fresh init of only the leaves the checkpoint lacks (expert pools, routers).
+
+  Each checkpoint leaf is made by `jax.make_array_from_callback`, which asks for exactly the slices this process's
+  devices hold: a host reads one tensor's slices at a time, never the whole model. The missing leaves come from
+  the model's init under jit with only them as outputs, so XLA drops the rest of the init: their values are those
+  of a full init with the same key (flax derives each parameter's key from its path), without a full random model
+  in memory."""
+  sh = traverse_util.flatten_dict(shardings)
+  extra = sorted('/'.join(k) for k in read if k not in sh)
+  if extra:
+    raise ValueError(f'checkpoint tensors {extra[:3]} have no place in the model')
+  missing = [k for k in sh if k not in read]
   if missing:
-    raise ValueError(f'checkpoint tensors {missing[:3]} have no place in the model')
-  out = {k: jax.device_put(h[k], sh[k]) if k in h else v for k, v in f.items()}
+    logging.info('initialising %d leaves the checkpoint lacks (e.g. %s)', len(missing), '/'.join(missing[0]))
+  fresh = _init_missing(model, missing, {k: sh[k] for k in missing}, key) if missing else {}
+  shapes = {k: tuple(x.shape) for k, x in traverse_util.flatten_dict(abstract).items()}
+  out = {}
+  for k, s in sh.items():
+    if k in read:
+      out[k] = jax.make_array_from_callback(
+          shapes[k], s, lambda idx, k=k: read[k](shapes[k], idx).astype(dtype))
+    else:
+      out[k] = fresh[k]
   return traverse_util.unflatten_dict(out)
+
+
+def _init_missing(model: nn.Module, paths: list, shardings: dict, key) -> dict:
+  """{path: sharded fresh leaf} for `paths` only."""
+  out = _missing_init(model, paths, shardings)(key)
+  return {k: out['/'.join(k)] for k in paths}
+
+
+def _missing_init(model: nn.Module, paths: list, shardings: dict):
+  """The model's init jitted with only `paths` as outputs (placed by `shardings`): XLA drops every other leaf's
+  initialiser, so the program holds just these leaves (tests/test_build_streamed.py checks its memory analysis)."""
+  def init(r):
+    flat = traverse_util.flatten_dict(nn.meta.unbox(_init_params(model)(r)))
+    return {'/'.join(k): flat[k] for k in paths}
+  return jax.jit(init, out_shardings={'/'.join(k): s for k, s in shardings.items()})

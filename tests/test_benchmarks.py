@@ -49,3 +49,12 @@ def test_gpu_section_code_path_runs_on_a_tiny_model():
   tiny = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)
   g = suite.gpu_section(1, model=tiny, B=8, L=16, peak_n=128)   # B: the batch splits over the 8 test devices
   assert g['model']['dtype'] == 'bfloat16' and g['step_s'] > 0 and g['mfu'] > 0
+
+
+def test_gpu_row_names_the_data_sheet_peak_of_the_device():
+  assert suite.spec_peak_tflops('NVIDIA H100 80GB HBM3') == 989.4
+  assert suite.spec_peak_tflops('NVIDIA H100 PCIe') == 756.0
+  assert suite.spec_peak_tflops('TPU v5 lite') == 197.0 and suite.spec_peak_tflops('cpu') is None
+  g = {'device': 'NVIDIA H100 80GB HBM3', 'params_b': 1.2, 'batch': [8, 2048], 'step_s': 0.5, 'tflops': 400.0,
+       'bf16_matmul_peak_tflops': 700.0, 'mfu': 400 / 700, 'spec_bf16_tflops': 989.4, 'mfu_spec': 400 / 989.4}
+  assert 'MFU 40% of the data-sheet dense bf16 peak 989 TFLOP/s' in suite.table({'gpu': g})

@@ -50,6 +50,9 @@ def define_flags():
   flags.DEFINE_list('sections', list(SECTIONS), f'Any of {SECTIONS}.')
   flags.DEFINE_string('out', 'runs/bench_suite.json', 'Where the JSON results go.')
   flags.DEFINE_bool('skip_hf', False, 'Measure only sleep_jax (no torch / transformers needed).')
+  flags.DEFINE_enum('gpu_size', '1b', list(GPU_SIZES), "The 'gpu' section's model and batch: '1b' = Llama-3.2-1B "
+                    "shapes, batch 8 x 2048; 'tiny' = seconds on CPU (checks the code path, e.g. gpu_check.sh --tiny).")
+  flags.DEFINE_bool('gpu_any_backend', False, "Run the 'gpu' section on any backend (default: only on a GPU).")
 
 
 SAMPLE_P, SAMPLE_N, TRAIN_B, TRAIN_L, EXPERT_RANK = 64, 128, 8, 256, 16
@@ -479,6 +482,23 @@ LLAMA_1B = dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_h
                 rope_base=500000.0, max_seq_len=4096)   # Llama-3.2-1B's shapes (random weights)
 
 
+GPU_SIZES = {'1b': dict(model=LLAMA_1B, B=8, L=2048, peak_n=8192),
+             'tiny': dict(model=dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                                     d_ff=128), B=8, L=16, peak_n=128)}
+# Dense bfloat16 tensor-core peaks from the vendors' data sheets (TFLOP/s, no sparsity), matched on device_kind.
+SPEC_BF16_TFLOPS = (('H100 PCIe', 756.0), ('H100', 989.4), ('H200', 989.4), ('GH200', 989.4), ('B200', 2250.0),
+                    ('A100', 312.0), ('L40S', 362.0), ('L4', 121.0), ('A10G', 70.0),
+                    ('TPU v5 lite', 197.0), ('TPU v5e', 197.0), ('TPU v5p', 459.0), ('TPU v4', 275.0))
+
+
+def spec_peak_tflops(device_kind: str) -> float | None:
+  """The data-sheet dense bf16 peak of a device (by its `device_kind`), or None when it is not in the table."""
+  for name, tf in SPEC_BF16_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return tf
+  return None
+
+
 def gpu_section(reps, model=LLAMA_1B, B=8, L=2048, peak_n=8192):
   """bfloat16-compute train step (float32 master weights, AdamW) of a 1B-class Llama and its model FLOPs
   utilisation against this device's measured bfloat16 matmul peak (a peak_n^3 matmul)."""
@@ -495,9 +515,12 @@ def gpu_section(reps, model=LLAMA_1B, B=8, L=2048, peak_n=8192):
   peak = 2 * peak_n ** 3 / _med(lambda: jax.block_until_ready(mm(a)), max(reps, 3)) / 1e12
   t, _, _ = ours_train(cfg, jax.device_get(params), None, reps, B=B, L=L)
   fl = train_flops(cfg, B, L)
+  kind = str(jax.devices()[0].device_kind)
+  spec = spec_peak_tflops(kind)
   return {'model': dataclasses.asdict(cfg), 'params_b': cfg.num_params() / 1e9, 'batch': [B, L], 'step_s': t,
           'tflops': fl / t / 1e12, 'bf16_matmul_peak_tflops': peak, 'mfu': fl / t / 1e12 / peak,
-          'device': str(jax.devices()[0].device_kind)}
+          'device': kind, 'backend': jax.default_backend(), 'spec_bf16_tflops': spec,
+          'mfu_spec': fl / t / 1e12 / spec if spec else None}
 
 
 # ---- report --------------------------------------------------------------------------------------------------
@@ -574,7 +597,9 @@ def table(res) -> str:
   if g:
     out += (f"\n\nGPU ({g['device']}): 1B-class Llama ({g['params_b']:.2f}B params) bfloat16 train step "
             f"{g['batch'][0]}x{g['batch'][1]}: {g['step_s']:.3f} s, {g['tflops']:.1f} TFLOP/s, MFU "
-            f"{100 * g['mfu']:.0f}% of the measured bf16 matmul peak {g['bf16_matmul_peak_tflops']:.0f} TFLOP/s")
+            f"{100 * g['mfu']:.0f}% of the measured bf16 matmul peak {g['bf16_matmul_peak_tflops']:.0f} TFLOP/s"
+            + (f", MFU {100 * g['mfu_spec']:.0f}% of the data-sheet dense bf16 peak {g['spec_bf16_tflops']:.0f} TFLOP/s"
+               if g.get('spec_bf16_tflops') else ' (no data-sheet peak known for this device)'))
   return out
 
 
@@ -608,8 +633,8 @@ def main(argv):
   if 'compile' in secs:
     res['compile'] = compile_section()
   if 'gpu' in secs:
-    if jax.default_backend() == 'gpu':
-      res['gpu'] = gpu_section(reps)
+    if jax.default_backend() == 'gpu' or F.gpu_any_backend:
+      res['gpu'] = gpu_section(reps, **GPU_SIZES[F.gpu_size])
     else:
       print('gpu: skipped (no GPU backend here)')
   print('\n' + table(res))

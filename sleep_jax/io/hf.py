@@ -6,6 +6,7 @@ renames it into place, so a half-written folder is never taken for a whole one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -416,3 +417,132 @@ def save_hf(folder, cfg: ModelConfig, params: dict, tokenizer=None, overwrite: b
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return folder
+
+
+# ---- streamed loading: the seam build.py consumes ---------------------------------------------------------
+# `hf_plan(cfg)` is the one table from our parameter paths to HF tensors; `HfReader` reads any box of a leaf
+# straight from the safetensors files (one tensor, or one device's slice of it, at a time). A new tensor family
+# (biases, q/k norms) is one more `hf_plan` entry: HfTensor(name, hf_shape, transpose) says "our leaf is this HF
+# tensor, transposed if `transpose`, reshaped to the leaf's shape", which is all the reader needs to slice it.
+
+
+@dataclasses.dataclass(frozen=True)
+class HfTensor:
+  name: str                 # HF tensor name, e.g. 'model.layers.0.self_attn.q_proj.weight'
+  hf_shape: tuple           # its shape in the file ([out, in] for projections)
+  transpose: bool = False   # our leaf = reshape(transpose(tensor) if transpose else tensor, leaf shape)
+
+
+def hf_plan(cfg: ModelConfig) -> dict[tuple[str, ...], HfTensor]:
+  """Our flattened parameter path ('layers_0', 'attn', 'wq') -> the HF tensor it is read from, for `cfg`."""
+  s = hf_shapes(cfg)
+  t = lambda n, tr=False: HfTensor(n, s[n], tr)
+  plan = {('embed',): t('model.embed_tokens.weight'), ('final_norm', 'scale'): t('model.norm.weight')}
+  if not cfg.tie_embeddings:
+    plan[('lm_head',)] = t('lm_head.weight', True)
+  for i in range(cfg.n_layers):
+    L, p = f'layers_{i}', f'model.layers.{i}.'
+    plan.update({
+        (L, 'attn_norm', 'scale'): t(p + 'input_layernorm.weight'),
+        (L, 'mlp_norm', 'scale'): t(p + 'post_attention_layernorm.weight'),
+        (L, 'attn', 'wq'): t(p + 'self_attn.q_proj.weight', True), (L, 'attn', 'wk'): t(p + 'self_attn.k_proj.weight', True),
+        (L, 'attn', 'wv'): t(p + 'self_attn.v_proj.weight', True), (L, 'attn', 'wo'): t(p + 'self_attn.o_proj.weight', True),
+        (L, 'mlp', 'w_gate'): t(p + 'mlp.gate_proj.weight', True), (L, 'mlp', 'w_up'): t(p + 'mlp.up_proj.weight', True),
+        (L, 'mlp', 'w_down'): t(p + 'mlp.down_proj.weight', True)})
+  return plan
+
+
+def _groups(eff_shape, shape) -> list[int]:
+  """How many consecutive leaf dims make up each dim of the (transposed) HF tensor: leaf (D, H, E) from (D, H*E)
+  -> [1, 2]; the last HF dim takes all the leaf dims left."""
+  out, i = [], 0
+  for g, n in enumerate(eff_shape):
+    k = len(shape) - i if g == len(eff_shape) - 1 else 0
+    while g < len(eff_shape) - 1 and (k == 0 or math.prod(shape[i:i + k]) < n) and i + k < len(shape):
+      k += 1
+    if k < 1 or math.prod(shape[i:i + k]) != n:
+      raise ValueError(f'leaf shape {tuple(shape)} is not a reshape of {tuple(eff_shape)}')
+    out.append(k)
+    i += k
+  return out
+
+
+def hf_box(t: HfTensor, shape: tuple, index: tuple) -> tuple[tuple, tuple, tuple]:
+  """(box of the HF tensor to read, shape to reshape the (transposed) box to, index into that) so that
+  reshape(transpose?(tensor[box]), mid)[post] == leaf[index]. Each HF dim is read over the range its leaf dims'
+  first index covers (contiguous there), so a device's shard reads little more than itself."""
+  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+  ranges = [ix.indices(n)[:2] for ix, n in zip(index, shape)]
+  eff = tuple(reversed(t.hf_shape)) if t.transpose else tuple(t.hf_shape)
+  box, mid, post, i = [], [], [], 0
+  for k in _groups(eff, shape):
+    inner = math.prod(shape[i + 1:i + k])
+    (a, b), rest = ranges[i], shape[i + 1:i + k]
+    box.append(slice(a * inner, b * inner))
+    mid.extend((b - a, *rest))
+    post.extend((slice(None), *(slice(*r) for r in ranges[i + 1:i + k])))
+    i += k
+  box = tuple(reversed(box)) if t.transpose else tuple(box)
+  return box, tuple(mid), tuple(post)
+
+
+class HfReader:
+  """The safetensors files of a checkpoint folder, opened once, read a box at a time (`safe_open.get_slice`: only
+  the requested bytes leave the file). Checks every tensor `hf_plan(cfg)` names (present, float, right shape) and
+  that the files hold nothing else, with load_hf's messages."""
+
+  def __init__(self, folder, cfg: ModelConfig, plan: dict | None = None):
+    from safetensors import safe_open
+    self.folder, self.cfg = Path(folder), cfg
+    self.plan = hf_plan(cfg) if plan is None else plan
+    self._files, self.where = [], {}
+    for f in _weight_files(self.folder):
+      try:
+        h = safe_open(f, framework='np')
+        names = list(h.keys())
+      except Exception as e:
+        raise ValueError(f'{f}: cannot read safetensors file (truncated or corrupt?): {e}') from e
+      self._files.append(h)
+      self.where.update({n: h for n in names})
+    want = {t.name: t.hf_shape for t in self.plan.values()}
+    extra = sorted(n for n in set(self.where) - set(want) if not n.endswith(_IGNORED_SUFFIXES)
+                   and not (cfg.tie_embeddings and n == 'lm_head.weight'))
+    if extra:
+      raise ValueError(f'{self.folder}: tensor {extra[0]!r} is not supported by the model ({len(extra)} unsupported '
+                       f'tensors, e.g. {extra[:4]})')
+    for name, shape in want.items():
+      if name not in self.where:
+        raise ValueError(f'{self.folder}: tensor {name!r} is missing')
+      sl = self.where[name].get_slice(name)
+      if sl.get_dtype() not in ('F16', 'BF16', 'F32', 'F64'):
+        raise ValueError(f'{self.folder}: tensor {name!r} has dtype {sl.get_dtype()}, expected a float type')
+      if tuple(sl.get_shape()) != tuple(shape):
+        raise ValueError(f'{self.folder}: tensor {name!r} has shape {tuple(sl.get_shape())}, expected {shape}')
+    if cfg.tie_embeddings and 'lm_head.weight' in self.where:
+      self._check_tied()
+
+  def _check_tied(self, rows: int = 4096):
+    """A saved tied head must equal the embedding (compared a block of rows at a time)."""
+    emb, head = (self.where[n].get_slice(n) for n in ('model.embed_tokens.weight', 'lm_head.weight'))
+    V = self.cfg.vocab_size
+    if tuple(head.get_shape()) != tuple(emb.get_shape()) or any(
+        not np.array_equal(head[a:a + rows], emb[a:a + rows]) for a in range(0, V, rows)):
+      raise ValueError(f'{self.folder}: tie_word_embeddings=true but tensor lm_head.weight differs from '
+                       f'model.embed_tokens.weight')
+
+  def read(self, path: tuple, shape: tuple, index: tuple = ()) -> np.ndarray:
+    """leaf[index] of our parameter `path` (leaf shape `shape`) as float32, read from the file."""
+    t = self.plan[path]
+    box, mid, post = hf_box(t, shape, index)
+    a = np.asarray(self.where[t.name].get_slice(t.name)[box], np.float32)
+    a = a.T if t.transpose else a
+    return np.ascontiguousarray(a.reshape(mid)[post])
+
+
+def open_hf(folder) -> tuple[ModelConfig, HfReader]:
+  """(ModelConfig from config.json, a reader of the checkpoint's tensors): load_hf without reading any tensor."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f'checkpoint folder {folder} does not exist')
+  cfg = _read_config(folder)
+  return cfg, HfReader(folder, cfg)
