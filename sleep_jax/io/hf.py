@@ -19,7 +19,6 @@ import numpy as np
 
 from sleep_jax.models.llama import ModelConfig
 
-_FLOATS = (np.float16, np.float32, np.float64)
 _IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)  # buffers some old checkpoints carry
 
 
@@ -157,19 +156,6 @@ def _weight_files(folder: Path) -> list[Path]:
                           f'(have {sorted(p.name for p in folder.iterdir())})')
 
 
-def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
-  from safetensors import safe_open
-  out = {}
-  for f in _weight_files(folder):
-    try:
-      with safe_open(f, framework='np') as st:
-        for name in st.keys():
-          out[name] = st.get_tensor(name)
-    except Exception as e:
-      raise ValueError(f'{f}: cannot read safetensors file (truncated or corrupt?): {e}') from e
-  return out
-
-
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple]:
   """HF tensor name -> shape ([out, in] for projections) for a Llama / Qwen2 / Qwen3 checkpoint of `cfg`."""
   D, H, K, E, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
@@ -206,56 +192,14 @@ def load_hf(folder) -> tuple[ModelConfig, dict]:
   if not folder.is_dir():
     raise FileNotFoundError(f'checkpoint folder {folder} does not exist')
   cfg = _read_config(folder)
-  t = _read_tensors(folder)
-  if cfg.n_layers * 9 > len(t):   # bounds the loops below by the file, whatever config.json claims
-    raise ValueError(f'{folder}: config.json says {cfg.n_layers} layers but the safetensors hold only {len(t)} '
-                     f'tensors (9 per layer)')
-  want = hf_shapes(cfg)
-  if cfg.tie_embeddings and 'lm_head.weight' in t:  # some exports save the tied head too; it must be the embedding
-    head = t.pop('lm_head.weight')
-    if head.shape != want['model.embed_tokens.weight'] or not np.array_equal(head, t.get('model.embed_tokens.weight')):
-      raise ValueError(f'{folder}: tie_word_embeddings=true but tensor lm_head.weight differs from '
-                       f'model.embed_tokens.weight')
-  extra = sorted(n for n in set(t) - set(want) if not n.endswith(_IGNORED_SUFFIXES))
-  if extra:
-    raise ValueError(f'{folder}: tensor {extra[0]!r} is not supported by the model config.json describes '
-                     f'({len(extra)} unsupported tensors, e.g. {extra[:4]}); check model_type / attention_bias / '
-                     'mlp_bias in config.json match the weights')
-  w = {}
-  for name, shape in want.items():
-    if name not in t:
-      raise ValueError(f'{folder}: tensor {name!r} is missing')
-    a = t[name]
-    if a.dtype.name != 'bfloat16' and a.dtype.type not in _FLOATS:
-      raise ValueError(f'{folder}: tensor {name!r} has dtype {a.dtype}, expected a float type')
-    if a.shape != shape:
-      raise ValueError(f'{folder}: tensor {name!r} has shape {a.shape}, expected {shape}')
-    w[name] = np.asarray(a, np.float32)
-  D, H, K, E = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-  params = {'embed': w['model.embed_tokens.weight']}
-  for i in range(cfg.n_layers):
-    b = lambda n: w[f'model.layers.{i}.{n}.weight']
-    params[f'layers_{i}'] = {
-        'attn_norm': {'scale': b('input_layernorm')},
-        'attn': {'wq': b('self_attn.q_proj').T.reshape(D, H, E), 'wk': b('self_attn.k_proj').T.reshape(D, K, E),
-                 'wv': b('self_attn.v_proj').T.reshape(D, K, E), 'wo': b('self_attn.o_proj').T.reshape(H, E, D)},
-        'mlp_norm': {'scale': b('post_attention_layernorm')},
-        'mlp': {'w_gate': b('mlp.gate_proj').T, 'w_up': b('mlp.up_proj').T, 'w_down': b('mlp.down_proj').T}}
-    attn, mlp = params[f'layers_{i}']['attn'], params[f'layers_{i}']['mlp']
-    bias = lambda n: w[f'model.layers.{i}.{n}.bias']
-    if cfg.qkv_bias:
-      attn.update(bq=bias('self_attn.q_proj').reshape(H, E), bk=bias('self_attn.k_proj').reshape(K, E),
-                  bv=bias('self_attn.v_proj').reshape(K, E))
-    if cfg.o_bias:
-      attn['bo'] = bias('self_attn.o_proj')
-    if cfg.qk_norm:
-      attn.update(q_norm={'scale': b('self_attn.q_norm')}, k_norm={'scale': b('self_attn.k_norm')})
-    if cfg.mlp_bias:
-      mlp.update(b_gate=bias('mlp.gate_proj'), b_up=bias('mlp.up_proj'), b_down=bias('mlp.down_proj'))
-  params['final_norm'] = {'scale': w['model.norm.weight']}
-  if not cfg.tie_embeddings:
-    params['lm_head'] = w['lm_head.weight'].T
-  return cfg, numpy_tree(params)
+  reader = HfReader(folder, cfg)   # checks every tensor (present, float, shape) and that nothing else is there
+  params = {}
+  for path, t in reader.plan.items():
+    node = params
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = reader.read(path, t.shape)
+  return cfg, params
 
 
 def numpy_tree(tree):
@@ -431,24 +375,42 @@ class HfTensor:
   name: str                 # HF tensor name, e.g. 'model.layers.0.self_attn.q_proj.weight'
   hf_shape: tuple           # its shape in the file ([out, in] for projections)
   transpose: bool = False   # our leaf = reshape(transpose(tensor) if transpose else tensor, leaf shape)
+  shape: tuple = ()         # our leaf's shape (what load_hf reads whole)
 
 
 def hf_plan(cfg: ModelConfig) -> dict[tuple[str, ...], HfTensor]:
   """Our flattened parameter path ('layers_0', 'attn', 'wq') -> the HF tensor it is read from, for `cfg`."""
   s = hf_shapes(cfg)
-  t = lambda n, tr=False: HfTensor(n, s[n], tr)
-  plan = {('embed',): t('model.embed_tokens.weight'), ('final_norm', 'scale'): t('model.norm.weight')}
+  D, H, K, E, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+  t = lambda n, shape, tr=False: HfTensor(n, s[n], tr, shape)
+  plan = {('embed',): t('model.embed_tokens.weight', (V, D)), ('final_norm', 'scale'): t('model.norm.weight', (D,))}
   if not cfg.tie_embeddings:
-    plan[('lm_head',)] = t('lm_head.weight', True)
+    plan[('lm_head',)] = t('lm_head.weight', (D, V), True)
   for i in range(cfg.n_layers):
     L, p = f'layers_{i}', f'model.layers.{i}.'
     plan.update({
-        (L, 'attn_norm', 'scale'): t(p + 'input_layernorm.weight'),
-        (L, 'mlp_norm', 'scale'): t(p + 'post_attention_layernorm.weight'),
-        (L, 'attn', 'wq'): t(p + 'self_attn.q_proj.weight', True), (L, 'attn', 'wk'): t(p + 'self_attn.k_proj.weight', True),
-        (L, 'attn', 'wv'): t(p + 'self_attn.v_proj.weight', True), (L, 'attn', 'wo'): t(p + 'self_attn.o_proj.weight', True),
-        (L, 'mlp', 'w_gate'): t(p + 'mlp.gate_proj.weight', True), (L, 'mlp', 'w_up'): t(p + 'mlp.up_proj.weight', True),
-        (L, 'mlp', 'w_down'): t(p + 'mlp.down_proj.weight', True)})
+        (L, 'attn_norm', 'scale'): t(p + 'input_layernorm.weight', (D,)),
+        (L, 'mlp_norm', 'scale'): t(p + 'post_attention_layernorm.weight', (D,)),
+        (L, 'attn', 'wq'): t(p + 'self_attn.q_proj.weight', (D, H, E), True),
+        (L, 'attn', 'wk'): t(p + 'self_attn.k_proj.weight', (D, K, E), True),
+        (L, 'attn', 'wv'): t(p + 'self_attn.v_proj.weight', (D, K, E), True),
+        (L, 'attn', 'wo'): t(p + 'self_attn.o_proj.weight', (H, E, D), True),
+        (L, 'mlp', 'w_gate'): t(p + 'mlp.gate_proj.weight', (D, F), True),
+        (L, 'mlp', 'w_up'): t(p + 'mlp.up_proj.weight', (D, F), True),
+        (L, 'mlp', 'w_down'): t(p + 'mlp.down_proj.weight', (F, D), True)})
+    if cfg.qkv_bias:
+      plan.update({(L, 'attn', 'bq'): t(p + 'self_attn.q_proj.bias', (H, E)),
+                   (L, 'attn', 'bk'): t(p + 'self_attn.k_proj.bias', (K, E)),
+                   (L, 'attn', 'bv'): t(p + 'self_attn.v_proj.bias', (K, E))})
+    if cfg.o_bias:
+      plan[(L, 'attn', 'bo')] = t(p + 'self_attn.o_proj.bias', (D,))
+    if cfg.qk_norm:
+      plan.update({(L, 'attn', 'q_norm', 'scale'): t(p + 'self_attn.q_norm.weight', (E,)),
+                   (L, 'attn', 'k_norm', 'scale'): t(p + 'self_attn.k_norm.weight', (E,))})
+    if cfg.mlp_bias:
+      plan.update({(L, 'mlp', 'b_gate'): t(p + 'mlp.gate_proj.bias', (F,)),
+                   (L, 'mlp', 'b_up'): t(p + 'mlp.up_proj.bias', (F,)),
+                   (L, 'mlp', 'b_down'): t(p + 'mlp.down_proj.bias', (D,))})
   return plan
 
 
@@ -494,7 +456,6 @@ class HfReader:
   def __init__(self, folder, cfg: ModelConfig, plan: dict | None = None):
     from safetensors import safe_open
     self.folder, self.cfg = Path(folder), cfg
-    self.plan = hf_plan(cfg) if plan is None else plan
     self._files, self.where = [], {}
     for f in _weight_files(self.folder):
       try:
@@ -504,12 +465,17 @@ class HfReader:
         raise ValueError(f'{f}: cannot read safetensors file (truncated or corrupt?): {e}') from e
       self._files.append(h)
       self.where.update({n: h for n in names})
+    if cfg.n_layers * 9 > len(self.where):   # bounds hf_plan by the file, whatever config.json claims
+      raise ValueError(f'{self.folder}: config.json says {cfg.n_layers} layers but the safetensors hold only '
+                       f'{len(self.where)} tensors (9 per layer)')
+    self.plan = hf_plan(cfg) if plan is None else plan
     want = {t.name: t.hf_shape for t in self.plan.values()}
     extra = sorted(n for n in set(self.where) - set(want) if not n.endswith(_IGNORED_SUFFIXES)
                    and not (cfg.tie_embeddings and n == 'lm_head.weight'))
     if extra:
-      raise ValueError(f'{self.folder}: tensor {extra[0]!r} is not supported by the model ({len(extra)} unsupported '
-                       f'tensors, e.g. {extra[:4]})')
+      raise ValueError(f'{self.folder}: tensor {extra[0]!r} is not supported by the model config.json describes '
+                       f'({len(extra)} unsupported tensors, e.g. {extra[:4]}); check model_type / attention_bias / '
+                       'mlp_bias in config.json match the weights')
     for name, shape in want.items():
       if name not in self.where:
         raise ValueError(f'{self.folder}: tensor {name!r} is missing')
