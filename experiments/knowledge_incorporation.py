@@ -40,7 +40,8 @@ def define_flags():
   """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
   it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
   global _CONFIG, _WORKDIR, _SEEDS, _PASSAGES, _SPLIT, _VARIANTS, _FROM
-  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sleep.py', 'Base config.', lock_config=True)
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/knowledge_incorporation.py', 'Base config.',
+                                            lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
   _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
   _PASSAGES = flags.DEFINE_integer('passages', 1, 'Passages per seed.')
@@ -59,25 +60,41 @@ DREAM_VARIANTS = {'sleep': {}, 'sleep_no_select': {'selection': 'random'}, 'slee
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  import jax
-  import numpy as np
-  from sleep_jax import evals
-  from sleep_jax.data import documents, knowledge
-  from sleep_jax.phases import consolidate as ks
-  from sleep_jax.phases import dream
-
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value)
-  from experiments.common import Lab, checked
-  config = checked(_CONFIG.value)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
+  from experiments.common import checked
+  run(checked(_CONFIG.value), _WORKDIR.value, [int(s) for s in _SEEDS.value], _PASSAGES.value, _SPLIT.value,
+      list(_VARIANTS.value))
+
+
+def pick(all_passages: list[dict], n: int, seed: int, source: str) -> list[dict]:
+  """The seed's passages, the same for every variant: SQuAD uses SEAL's rule (squad.select); the invented
+  passages keep their own seeded draw (unchanged, so earlier results stay reproducible)."""
+  import numpy as np
+  from sleep_jax.data import squad
+  if source == 'squad':
+    return squad.select(all_passages, n, seed)
+  order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
+  return [all_passages[i] for i in order[:n]]
+
+
+def run(config, workdir: str, seeds: list[int], n_passages: int, split: str, variants: list[str]) -> list[dict]:
+  """Every variant on `n_passages` passages per seed; writes results.json, table.md and plots; returns the rows."""
+  import jax
+  from sleep_jax import evals
+  from sleep_jax.data import squad
+  from sleep_jax.phases import consolidate as ks
+  from sleep_jax.phases import dream
+  from experiments.common import Lab
+  os.makedirs(workdir, exist_ok=True)
+  ki = config.get('ki')   # configs/sleep.py has no `ki` block: invented passages
+  source = ki.source if ki is not None else 'generated'
+  all_passages = squad.knowledge_passages(ki, split, config.knowledge.max_doc_chars)   # data first: fail fast
   lab = Lab(config)   # the fine-tuning baseline shared by every experiment (Lab.finetune)
   rt = lab.rt         # the composition root: model, sampler, seeders, dreamers, probe, guard
   b, tok, sampler = rt.b, rt.tokenizer, rt.sampler
   layers = rt.layers()
   probe = rt.probe()
-  all_passages = documents.cut_docs(knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test'),
-                               config.knowledge.max_doc_chars)
   qa = lambda params, cms, docs, ctx=False: evals.qa_eval(
       sampler, params, cms, tok, docs, with_context=ctx, max_new_tokens=config.knowledge.answer_tokens,
       desc='qa' + ('+ctx' if ctx else ''))
@@ -95,17 +112,15 @@ def main(argv):
   probe0 = probe(b.params, b.cms)
   rows, t_all = [], time.perf_counter()
   from experiments.common import save_results
-  for seed in map(int, _SEEDS.value):
-    order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
-    for p_i in order[:_PASSAGES.value]:
-      passage = all_passages[p_i]
+  for seed in seeds:
+    for passage in pick(all_passages, n_passages, seed, source):
       rec = {'seed': seed, 'passage': passage['id'], 'n': len(passage['questions'])}
       rec['before'] = qa(b.params, b.cms, [passage])
       rec['before']['fact_recall'], rec['before']['told'] = fact_recall(b.params, b.cms, passage)
       rec['ceiling'] = qa(b.params, b.cms, [passage], True)
       rec['ceiling']['fact_recall'], rec['ceiling']['told'] = fact_recall(b.params, b.cms, passage, True)
       ks_model = None
-      for v in sorted(_VARIANTS.value, key=lambda v: v in DREAM_VARIANTS):   # 'ks' before the dream variants
+      for v in sorted(variants, key=lambda v: v in DREAM_VARIANTS):   # 'ks' before the dream variants
         t0 = time.perf_counter()
         if v in DREAM_VARIANTS:
           dr = rt.dreamer(rt.dream_config(**DREAM_VARIANTS[v], enabled=True))
@@ -151,10 +166,11 @@ def main(argv):
         del params
       del ks_model
       rows.append(rec)
-      save_results(_WORKDIR.value, {'rows': rows, 'probe_before': probe0, 'split': _SPLIT.value}, config)
-  report(rows, probe0, ['before'] + list(_VARIANTS.value) + ['ceiling'], _WORKDIR.value,
-         f'{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
+      save_results(workdir, {'rows': rows, 'probe_before': probe0, 'split': split, 'source': source}, config)
+  report(rows, probe0, ['before'] + list(variants) + ['ceiling'], workdir,
+         f'{len(rows)} passages ({source}), seeds {",".join(map(str, seeds))}, split {split}, '
          f'{time.perf_counter() - t_all:.0f}s')
+  return rows
 
 
 def report(rows, probe0, names, workdir, footer):
