@@ -78,8 +78,10 @@ def pick(all_passages: list[dict], n: int, seed: int, source: str) -> list[dict]
   return [all_passages[i] for i in order[:n]]
 
 
-def run(config, workdir: str, seeds: list[int], n_passages: int, split: str, variants: list[str]) -> list[dict]:
-  """Every variant on `n_passages` passages per seed; writes results.json, table.md and plots; returns the rows."""
+def run(config, workdir: str, seeds: list[int], n_passages: int, split: str, variants: list[str], lab=None
+        ) -> list[dict]:
+  """Every variant on `n_passages` passages per seed; writes results.json, table.md and plots; returns the rows.
+  `lab`: an already built common.Lab of `config` (tests share one between experiments), else one is built."""
   import jax
   from sleep_jax import evals
   from sleep_jax.data import squad
@@ -90,7 +92,7 @@ def run(config, workdir: str, seeds: list[int], n_passages: int, split: str, var
   ki = config.get('ki')   # configs/sleep.py has no `ki` block: invented passages
   source = ki.source if ki is not None else 'generated'
   all_passages = squad.knowledge_passages(ki, split, config.knowledge.max_doc_chars)   # data first: fail fast
-  lab = Lab(config)   # the fine-tuning baseline shared by every experiment (Lab.finetune)
+  lab = lab or Lab(config)   # the fine-tuning baseline shared by every experiment (Lab.finetune)
   rt = lab.rt         # the composition root: model, sampler, seeders, dreamers, probe, guard
   b, tok, sampler = rt.b, rt.tokenizer, rt.sampler
   layers = rt.layers()

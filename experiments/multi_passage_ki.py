@@ -107,8 +107,9 @@ def main(argv):
   run(checked(_CONFIG.value), _WORKDIR.value, [int(s) for s in _SEEDS.value])
 
 
-def run(config, workdir: str, seeds: list[int]) -> list[dict]:
-  """Every row for each seed and n in multi.sizes; writes results.json, table.md and recall_vs_n.png."""
+def run(config, workdir: str, seeds: list[int], lab=None) -> list[dict]:
+  """Every row for each seed and n in multi.sizes; writes results.json, table.md and recall_vs_n.png. `lab`: an
+  already built common.Lab of `config` (tests share one between experiments), else one is built."""
   from experiments import common
   from sleep_jax import results
   from sleep_jax.data import squad
@@ -118,7 +119,7 @@ def run(config, workdir: str, seeds: list[int]) -> list[dict]:
   passages = squad.knowledge_passages(ki, m.split, config.knowledge.max_doc_chars)   # data first: fail fast
   # SQuAD: SEAL's selection rule (squad.select, also nested in n); invented passages: their own seeded draw
   pick = squad.select if source == 'squad' else lambda ps, n, seed: draw(ps, seed, n)
-  lab = common.Lab(config)
+  lab = lab or common.Lab(config)
   probe0 = lab.probe(lab.params, lab.cms)
   rows, t_all = [], time.perf_counter()
   for seed in seeds:

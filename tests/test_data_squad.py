@@ -117,29 +117,44 @@ def squad_offline(monkeypatch, data_dir):
   monkeypatch.setattr(squad, 'passages', passages)
 
 
-def test_single_passage_smoke_every_row(squad_offline, tmp_path):
-  from configs import knowledge_incorporation as cfg
-  from experiments import knowledge_incorporation as ki
+@pytest.fixture(scope='module')
+def lab_config(data_dir):
+  """One tiny-model Lab for both protocols (the continued-pretraining smoke config is a superset of the single-
+  passage one), so they share its compiled updates instead of compiling each twice."""
+  from configs import multi_passage_ki as cfg
+  from experiments.common import Lab
   c = cfg.get_config('smoke')
   assert c.ki.source == 'generated'   # the default stays the invented passages
   with c.unlocked():
-    c.ki.source = 'squad'
-  rows = ki.run(c, str(tmp_path), seeds=[0], n_passages=1, split='test', variants=['ks', 'finetune', 'sleep', 'seal'])
-  assert rows[0]['passage'] == squad.select(squad.passages('test', allow_test=True), 1, 0)[0]['id']
+    c.ki.source, c.multi.sizes, c.multi.split = 'squad', (2,), 'test'
+    # Fewer compilations: one generation bucket for answers, fact prompts and self-edits, two prompt buckets.
+    c.sampling.gen_buckets, c.sampling.prompt_buckets = (16,), (128, 384)
+  return Lab(c), c
+
+
+def test_single_passage_smoke_every_row(squad_offline, lab_config, tmp_path):
+  from configs import knowledge_incorporation as cfg
+  from experiments import knowledge_incorporation as ki
+  assert cfg.get_config('smoke').ki.source == 'generated'
+  lab, c = lab_config
+  # Every row but Dreaming ('sleep' = KS + Dreaming: its loop does not depend on where the passage came from and
+  # tests/test_dream_entry_points.py runs it end to end in this experiment; here it would double the compile cost).
+  rows = ki.run(c, str(tmp_path), seeds=[0], n_passages=1, split='test', variants=['ks', 'finetune', 'seal'], lab=lab)
+  passage = squad.select(squad.passages('test', allow_test=True), 1, 0)[0]
+  assert rows[0]['passage'] == passage['id'] and rows[0]['n'] == len(passage['questions'])
+  assert [a['question'] for a in rows[0]['ks']['answers']] == [q['question'] for q in passage['questions']]
   table = (tmp_path / 'table.md').read_text()
-  for v in ('before', 'ks', 'finetune', 'sleep', 'seal', 'ceiling'):
+  for v in ('before', 'ks', 'finetune', 'seal', 'ceiling'):   # base, fine-tuning, SEAL-style, sleep KS
     assert f'| {v} |' in table
   assert json.loads((tmp_path / 'results.json').read_text())['source'] == 'squad'
 
 
-def test_continued_pretraining_smoke_every_row(squad_offline, tmp_path):
+def test_continued_pretraining_smoke_every_row(squad_offline, lab_config, tmp_path):
   from configs import multi_passage_ki as cfg
   from experiments import multi_passage_ki as mp
   assert cfg.get_config('squad').multi.sizes == (200,) and cfg.get_config('squad').ki.source == 'squad'
-  c = cfg.get_config('smoke')
-  with c.unlocked():
-    c.ki.source, c.multi.sizes, c.multi.split = 'squad', (2,), 'test'
-  rows = mp.run(c, str(tmp_path), seeds=[0])
+  lab, c = lab_config
+  rows = mp.run(c, str(tmp_path), seeds=[0], lab=lab)
   want = squad.select(squad.passages('test', allow_test=True), 2, 0)
   assert rows[0]['passages'] == [p['id'] for p in want]
   assert rows[0]['questions'] == sum(len(p['questions']) for p in want)
