@@ -161,3 +161,10 @@ def test_continued_pretraining_smoke_every_row(squad_offline, lab_config, tmp_pa
   table = (tmp_path / 'table.md').read_text()
   for v in mp.ROWS:
     assert f'| {v} |' in table
+
+
+def test_knowledge_incorporation_config_validates():
+  from configs import knowledge_incorporation as cfg
+  from sleep_jax import runtime
+  for variant in ('', 'smoke'):
+    runtime.validate(cfg.get_config(variant))
