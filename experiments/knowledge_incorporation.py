@@ -27,6 +27,11 @@ results.json and a bar plot in --workdir.
   python -m experiments.knowledge_incorporation --workdir=runs/ki --seeds=0,1,2 --passages=1
   python -m experiments.knowledge_incorporation --workdir=/tmp/ki --split=validation   # for tuning
   python -m experiments.knowledge_incorporation --workdir=runs/ki_all --from_results=runs/a/results.json,runs/b/results.json
+SQuAD v1.1 with SEAL's single-passage protocol (`config.ki.source=squad`: SQuAD validation passages drawn by SEAL's
+rule, closed-book questions, official SQuAD EM / F1 next to recall; sleep_jax/data/squad.py,
+docs/paper_scale/squad.md):
+  python -m experiments.knowledge_incorporation --workdir=runs/ki_squad --config.ki.source=squad \
+      --config.ki.data_dir=/data/tfds --seeds=0 --passages=200
 Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3, or the fine-tuning baseline's
 --config.finetune.steps=8 --config.finetune.lr=3e-5 (these replace the former --ft_steps / --ft_lr flags).
 """
@@ -179,6 +184,8 @@ def report(rows, probe0, names, workdir, footer):
   """table.md (scores + ReST-EM reward rates), recall.png and rest_em.png in `workdir`."""
   from sleep_jax.phases import dream
   table = summarize(rows, probe0, names)
+  em = squad_table(rows, names)
+  table += '\n\n' + em if em else ''
   rewards = reward_table(rows, names)
   table += '\n\n' + rewards if rewards else ''
   print(table)
@@ -232,6 +239,26 @@ def summarize(rows, probe0, names) -> str:
         if per['probe'] else '-'
     facts = fmt(per['facts']) if per['facts'] else '-'
     lines.append(f"| {v} | {fmt(per['recall'])} | {fmt(per['token_f1'])} | {facts} | {pr} |")
+  return '\n'.join(lines)
+
+
+def squad_table(rows, names) -> str:
+  """The official SQuAD v1.1 scores (normalised exact match, token F1; best gold answer), mean ± sd over seeds of
+  each seed's question-weighted score: the metric docs/paper_scale/squad.md reports in place of SEAL's LLM grader."""
+  import numpy as np
+  from experiments.common import mean_sd
+  seeds = sorted({r['seed'] for r in rows})
+  vs = [v for v in names if all('exact_match' in r[v] for r in rows if v in r) and any(v in r for r in rows)]
+  if not vs:
+    return ''
+  lines = ['| variant | SQuAD exact match % | SQuAD token F1 % |', '|---|---:|---:|']
+  for v in vs:
+    per = {k: [] for k in ('exact_match', 'token_f1')}
+    for s in seeds:
+      rs = [r for r in rows if r['seed'] == s and v in r]
+      for k in per:
+        per[k].append(float(np.sum([r[v][k] * r['n'] for r in rs]) / sum(r['n'] for r in rs)))
+    lines.append(f"| {v} | {mean_sd(per['exact_match'])} | {mean_sd(per['token_f1'])} |")
   return '\n'.join(lines)
 
 

@@ -156,6 +156,12 @@ def table(rows, probe0) -> str:
     pr = [mean_sd((r[v]['probe_nll'] for r in rows if r['n'] == n and v in r), '.4f')
           if any('probe_nll' in r.get(v, {}) for r in rows if r['n'] == n) else '-' for n in sizes]
     lines.append(f'| {v} | ' + ' | '.join(rec + pr) + ' |')
+  if all('exact_match' in r[v] for r in rows for v in names if v in r):   # official SQuAD v1.1 EM / F1
+    lines += ['', '| row | ' + ' | '.join(f'SQuAD EM %, n={n}' for n in sizes) + ' | '
+              + ' | '.join(f'SQuAD F1 %, n={n}' for n in sizes) + ' |', '|---|' + '---:|' * (2 * len(sizes))]
+    for v in names:
+      lines.append(f'| {v} | ' + ' | '.join(mean_sd(r[v][k] for r in rows if r['n'] == n and v in r)
+                                             for k in ('exact_match', 'token_f1') for n in sizes) + ' |')
   seeds = sorted({r['seed'] for r in rows})
   qs = {n: [r['questions'] for r in rows if r['n'] == n] for n in sizes}
   return '\n'.join(lines) + (f'\n\nNo-context answer recall over all questions of the n passages; mean ± sd over seeds '

@@ -98,6 +98,14 @@ def test_official_squad_em_f1_max_over_gold_answers(golds, pred, em, f1):
   assert M.token_f1([golds], [pred])['token_f1'] == pytest.approx(f1)
 
 
+def test_squad_table_weights_questions_within_a_seed_and_averages_seeds():
+  from experiments import knowledge_incorporation as ki
+  r = lambda seed, n, em, f1: {'seed': seed, 'n': n, 'ks': {'exact_match': em, 'token_f1': f1}}
+  rows = [r(0, 1, 100.0, 100.0), r(0, 3, 0.0, 40.0), r(1, 2, 50.0, 60.0)]
+  # seed 0: EM (100 + 0) / 4 = 25, F1 (100 + 120) / 4 = 55; seed 1: 50, 60 -> means 37.5, 57.5; sd 17.7, 3.5
+  assert '| ks | 37.5 ± 17.7 | 57.5 ± 3.5 |' in ki.squad_table(rows, ['ks'])
+
+
 def test_unknown_source_is_refused():
   import ml_collections as mlc
   with pytest.raises(ValueError, match="ki.source='wiki'"):
@@ -146,6 +154,7 @@ def test_single_passage_smoke_every_row(squad_offline, lab_config, tmp_path):
   table = (tmp_path / 'table.md').read_text()
   for v in ('before', 'ks', 'finetune', 'seal', 'ceiling'):   # base, fine-tuning, SEAL-style, sleep KS
     assert f'| {v} |' in table
+  assert '| variant | SQuAD exact match % | SQuAD token F1 % |' in table
   assert json.loads((tmp_path / 'results.json').read_text())['source'] == 'squad'
 
 
@@ -161,6 +170,7 @@ def test_continued_pretraining_smoke_every_row(squad_offline, lab_config, tmp_pa
   table = (tmp_path / 'table.md').read_text()
   for v in mp.ROWS:
     assert f'| {v} |' in table
+  assert 'SQuAD EM %, n=2' in table
 
 
 def test_knowledge_incorporation_config_validates():
