@@ -19,7 +19,9 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.unlock()
   c.job = 'few_shot_arc'
   c.arc = mlc.ConfigDict(dict(
-      split='test',             # held-out tasks: 'test' for the final numbers, 'validation' for any tuning
+      split='test',             # held-out tasks: 'test' for the final numbers, 'validation' for any tuning;
+                                # 'seal': SEAL's split (data/arc_seal_split.json): its 8 evaluation tasks are the
+                                # held-out pool (heldout_pool unused) and n_train of its 11 training tasks (0 = all)
       n_train=2,                # training tasks for the dream generator (the smallest of the 'train' split)
       heldout_pool=10,          # the smallest `heldout_pool` tasks of `split` whose answer fits answer_tokens ...
       n_heldout=1,              # ... of which each seed draws `n_heldout` (seeded): 3 seeds, 3 tasks. Sized to the

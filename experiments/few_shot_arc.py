@@ -31,6 +31,8 @@ prompt (lower is better). results.json keeps every answer, dream and reward.
       --from_results=runs/few_shot_arc/s0/results.json,runs/few_shot_arc/s1/results.json
   python -m experiments.few_shot_arc --config=configs/few_shot_arc.py:smoke --workdir=/tmp/arc_smoke --seeds=0,1
 Overrides: --config.arc.split=validation, --config.arc.n_heldout=4, --config.sleep.dream.rounds=2, ...
+SEAL's own split (--config.arc.split=seal: its 11 ARC-AGI-1 training tasks train the generator, its 8 evaluation
+tasks (9 test inputs) are the held-out pool; sleep_jax/data/arc_seal_split.json, docs/paper_scale/squad.md).
 """
 import functools
 import os
@@ -145,8 +147,12 @@ class Arc:
     self._inner = jax.jit(functools.partial(inner_deltas, steps=self.dreamer.dcfg.inner_steps, **kw))
     self._ttt = jax.jit(functools.partial(inner_deltas, steps=self.c.ttt_steps, **kw))
     self._merge = self.dreamer.fns(self.view)['merge']
-    self.train_tasks = self._tasks('train', self.c.n_train, allow_test=False)
-    self.pool = self._tasks(self.c.split, self.c.heldout_pool, allow_test=self.c.split == 'test', fit=True)
+    if self.c.split == 'seal':   # SEAL's own split (arc.seal_tasks): its 11 training, 8 evaluation tasks
+      self.train_tasks = self._seal_tasks('train', self.c.n_train)
+      self.pool = self._seal_tasks('eval', 0)
+    else:
+      self.train_tasks = self._tasks('train', self.c.n_train, allow_test=False)
+      self.pool = self._tasks(self.c.split, self.c.heldout_pool, allow_test=self.c.split == 'test', fit=True)
     if len(self.pool) < self.c.n_heldout:
       raise ValueError(f'arc.heldout_pool gives {len(self.pool)} tasks that fit arc.max_answer_tokens='
                        f'{self.c.max_answer_tokens}; arc.n_heldout={self.c.n_heldout}')
@@ -164,6 +170,21 @@ class Arc:
       tasks = dict(list(tasks.items())[:n])
     if n and len(tasks) < n:
       raise ValueError(f'ARC split {split!r} has only {len(tasks)} usable tasks, asked for {n}')
+    return tasks
+
+  def _seal_tasks(self, which: str, n: int) -> dict:
+    """SEAL's tasks in SEAL's order, the first `n` (0 = all). The held-out pool is SEAL's, whole: a task whose
+    answer needs more than arc.max_answer_tokens is an error naming the value that fits, not silently dropped."""
+    from sleep_jax.data import arc
+    tasks = arc.seal_tasks(which)
+    tasks = dict(list(tasks.items())[:n or None])
+    need = {k: self._answer_tokens(t) for k, t in tasks.items()}
+    long = {k: v for k, v in need.items() if v > self.c.max_answer_tokens}
+    if which == 'eval' and long:
+      raise ValueError(f"arc.split='seal': held-out tasks {sorted(long)} need answers of up to {max(long.values())} "
+                       f'tokens (target + arc.answer_slack) > arc.max_answer_tokens={self.c.max_answer_tokens}; set '
+                       f'--config.arc.max_answer_tokens={max(need.values())} and a sampling.gen_buckets entry >= it '
+                       '(docs/paper_scale/squad.md has a command)')
     return tasks
 
   def heldout(self, seed: int) -> list[str]:

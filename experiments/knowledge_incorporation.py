@@ -27,6 +27,11 @@ results.json and a bar plot in --workdir.
   python -m experiments.knowledge_incorporation --workdir=runs/ki --seeds=0,1,2 --passages=1
   python -m experiments.knowledge_incorporation --workdir=/tmp/ki --split=validation   # for tuning
   python -m experiments.knowledge_incorporation --workdir=runs/ki_all --from_results=runs/a/results.json,runs/b/results.json
+SQuAD v1.1 with SEAL's single-passage protocol (`config.ki.source=squad`: SQuAD validation passages drawn by SEAL's
+rule, closed-book questions, official SQuAD EM / F1 next to recall; sleep_jax/data/squad.py,
+docs/paper_scale/squad.md):
+  python -m experiments.knowledge_incorporation --workdir=runs/ki_squad --config.ki.source=squad \
+      --config.ki.data_dir=/data/tfds --seeds=0 --passages=200
 Any `configs/sleep.py` field can be overridden: --config.sleep.ks.lr=3e-3, or the fine-tuning baseline's
 --config.finetune.steps=8 --config.finetune.lr=3e-5 (these replace the former --ft_steps / --ft_lr flags).
 """
@@ -40,7 +45,8 @@ def define_flags():
   """The command-line flags, defined only when run as a program: importing this module (tests) defines none, so
   it can share a process with other experiments' modules (absl refuses a flag name defined twice)."""
   global _CONFIG, _WORKDIR, _SEEDS, _PASSAGES, _SPLIT, _VARIANTS, _FROM
-  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sleep.py', 'Base config.', lock_config=True)
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/knowledge_incorporation.py', 'Base config.',
+                                            lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results go.', required=True)
   _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (passage draw, sampling, expert init).')
   _PASSAGES = flags.DEFINE_integer('passages', 1, 'Passages per seed.')
@@ -59,25 +65,43 @@ DREAM_VARIANTS = {'sleep': {}, 'sleep_no_select': {'selection': 'random'}, 'slee
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  import jax
-  import numpy as np
-  from sleep_jax import evals
-  from sleep_jax.data import documents, knowledge
-  from sleep_jax.phases import consolidate as ks
-  from sleep_jax.phases import dream
-
   if _FROM.value:
     return merge_main(_FROM.value, _WORKDIR.value)
-  from experiments.common import Lab, checked
-  config = checked(_CONFIG.value)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  lab = Lab(config)   # the fine-tuning baseline shared by every experiment (Lab.finetune)
+  from experiments.common import checked
+  run(checked(_CONFIG.value), _WORKDIR.value, [int(s) for s in _SEEDS.value], _PASSAGES.value, _SPLIT.value,
+      list(_VARIANTS.value))
+
+
+def pick(all_passages: list[dict], n: int, seed: int, source: str) -> list[dict]:
+  """The seed's passages, the same for every variant: SQuAD uses SEAL's rule (squad.select); the invented
+  passages keep their own seeded draw (unchanged, so earlier results stay reproducible)."""
+  import numpy as np
+  from sleep_jax.data import squad
+  if source == 'squad':
+    return squad.select(all_passages, n, seed)
+  order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
+  return [all_passages[i] for i in order[:n]]
+
+
+def run(config, workdir: str, seeds: list[int], n_passages: int, split: str, variants: list[str], lab=None
+        ) -> list[dict]:
+  """Every variant on `n_passages` passages per seed; writes results.json, table.md and plots; returns the rows.
+  `lab`: an already built common.Lab of `config` (tests share one between experiments), else one is built."""
+  import jax
+  from sleep_jax import evals
+  from sleep_jax.data import squad
+  from sleep_jax.phases import consolidate as ks
+  from sleep_jax.phases import dream
+  from experiments.common import Lab
+  os.makedirs(workdir, exist_ok=True)
+  ki = config.get('ki')   # configs/sleep.py has no `ki` block: invented passages
+  source = ki.source if ki is not None else 'generated'
+  all_passages = squad.knowledge_passages(ki, split, config.knowledge.max_doc_chars)   # data first: fail fast
+  lab = lab or Lab(config)   # the fine-tuning baseline shared by every experiment (Lab.finetune)
   rt = lab.rt         # the composition root: model, sampler, seeders, dreamers, probe, guard
   b, tok, sampler = rt.b, rt.tokenizer, rt.sampler
   layers = rt.layers()
   probe = rt.probe()
-  all_passages = documents.cut_docs(knowledge.generate(_SPLIT.value, allow_test=_SPLIT.value == 'test'),
-                               config.knowledge.max_doc_chars)
   qa = lambda params, cms, docs, ctx=False: evals.qa_eval(
       sampler, params, cms, tok, docs, with_context=ctx, max_new_tokens=config.knowledge.answer_tokens,
       desc='qa' + ('+ctx' if ctx else ''))
@@ -95,17 +119,15 @@ def main(argv):
   probe0 = probe(b.params, b.cms)
   rows, t_all = [], time.perf_counter()
   from experiments.common import save_results
-  for seed in map(int, _SEEDS.value):
-    order = np.random.default_rng([seed, 0x4b49]).permutation(len(all_passages))
-    for p_i in order[:_PASSAGES.value]:
-      passage = all_passages[p_i]
+  for seed in seeds:
+    for passage in pick(all_passages, n_passages, seed, source):
       rec = {'seed': seed, 'passage': passage['id'], 'n': len(passage['questions'])}
       rec['before'] = qa(b.params, b.cms, [passage])
       rec['before']['fact_recall'], rec['before']['told'] = fact_recall(b.params, b.cms, passage)
       rec['ceiling'] = qa(b.params, b.cms, [passage], True)
       rec['ceiling']['fact_recall'], rec['ceiling']['told'] = fact_recall(b.params, b.cms, passage, True)
       ks_model = None
-      for v in sorted(_VARIANTS.value, key=lambda v: v in DREAM_VARIANTS):   # 'ks' before the dream variants
+      for v in sorted(variants, key=lambda v: v in DREAM_VARIANTS):   # 'ks' before the dream variants
         t0 = time.perf_counter()
         if v in DREAM_VARIANTS:
           dr = rt.dreamer(rt.dream_config(**DREAM_VARIANTS[v], enabled=True))
@@ -151,16 +173,19 @@ def main(argv):
         del params
       del ks_model
       rows.append(rec)
-      save_results(_WORKDIR.value, {'rows': rows, 'probe_before': probe0, 'split': _SPLIT.value}, config)
-  report(rows, probe0, ['before'] + list(_VARIANTS.value) + ['ceiling'], _WORKDIR.value,
-         f'{len(rows)} passages, seeds {",".join(_SEEDS.value)}, split {_SPLIT.value}, '
+      save_results(workdir, {'rows': rows, 'probe_before': probe0, 'split': split, 'source': source}, config)
+  report(rows, probe0, ['before'] + list(variants) + ['ceiling'], workdir,
+         f'{len(rows)} passages ({source}), seeds {",".join(map(str, seeds))}, split {split}, '
          f'{time.perf_counter() - t_all:.0f}s')
+  return rows
 
 
 def report(rows, probe0, names, workdir, footer):
   """table.md (scores + ReST-EM reward rates), recall.png and rest_em.png in `workdir`."""
   from sleep_jax.phases import dream
   table = summarize(rows, probe0, names)
+  em = squad_table(rows, names)
+  table += '\n\n' + em if em else ''
   rewards = reward_table(rows, names)
   table += '\n\n' + rewards if rewards else ''
   print(table)
@@ -214,6 +239,26 @@ def summarize(rows, probe0, names) -> str:
         if per['probe'] else '-'
     facts = fmt(per['facts']) if per['facts'] else '-'
     lines.append(f"| {v} | {fmt(per['recall'])} | {fmt(per['token_f1'])} | {facts} | {pr} |")
+  return '\n'.join(lines)
+
+
+def squad_table(rows, names) -> str:
+  """The official SQuAD v1.1 scores (normalised exact match, token F1; best gold answer), mean ± sd over seeds of
+  each seed's question-weighted score: the metric docs/paper_scale/squad.md reports in place of SEAL's LLM grader."""
+  import numpy as np
+  from experiments.common import mean_sd
+  seeds = sorted({r['seed'] for r in rows})
+  vs = [v for v in names if all('exact_match' in r[v] for r in rows if v in r) and any(v in r for r in rows)]
+  if not vs:
+    return ''
+  lines = ['| variant | SQuAD exact match % | SQuAD token F1 % |', '|---|---:|---:|']
+  for v in vs:
+    per = {k: [] for k in ('exact_match', 'token_f1')}
+    for s in seeds:
+      rs = [r for r in rows if r['seed'] == s and v in r]
+      for k in per:
+        per[k].append(float(np.sum([r[v][k] * r['n'] for r in rs]) / sum(r['n'] for r in rs)))
+    lines.append(f"| {v} | {mean_sd(per['exact_match'])} | {mean_sd(per['token_f1'])} |")
   return '\n'.join(lines)
 
 

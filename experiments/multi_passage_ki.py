@@ -18,6 +18,11 @@ n), table.md (mean ± sd over seeds) and recall_vs_n.png in --workdir.
   python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py --workdir=runs/multi_passage_ki
   python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py --workdir=runs/mp0 --seeds=0   # per seed
   python -m experiments.multi_passage_ki --workdir=runs/mp --from_results=runs/mp0/results.json,runs/mp1/results.json
+
+SQuAD v1.1 with SEAL's continued-pretraining protocol (`config.ki.source='squad'`; n=200 in the ':squad' variant;
+passages, selection rule and metric: sleep_jax/data/squad.py, docs/paper_scale/squad.md):
+  python -m experiments.multi_passage_ki --config=configs/multi_passage_ki.py:squad --config.ki.data_dir=/data/tfds \
+      --workdir=runs/mp_squad --seeds=0
 """
 import os
 import time
@@ -96,25 +101,35 @@ def lab_dreamer(lab):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from experiments import common
-  from sleep_jax import results
-  from sleep_jax.data import documents, knowledge
   if _FROM.value:
     return merge(_FROM.value, _WORKDIR.value)
   from experiments.common import checked
-  config = checked(_CONFIG.value)
+  run(checked(_CONFIG.value), _WORKDIR.value, [int(s) for s in _SEEDS.value])
+
+
+def run(config, workdir: str, seeds: list[int], lab=None) -> list[dict]:
+  """Every row for each seed and n in multi.sizes; writes results.json, table.md and recall_vs_n.png. `lab`: an
+  already built common.Lab of `config` (tests share one between experiments), else one is built."""
+  from experiments import common
+  from sleep_jax import results
+  from sleep_jax.data import squad
   m = config.multi
-  lab = common.Lab(config)
-  passages = documents.cut_docs(knowledge.generate(m.split, allow_test=m.split == 'test'), config.knowledge.max_doc_chars)
+  ki = config.get('ki')
+  source = ki.source if ki is not None else 'generated'
+  passages = squad.knowledge_passages(ki, m.split, config.knowledge.max_doc_chars)   # data first: fail fast
+  # SQuAD: SEAL's selection rule (squad.select, also nested in n); invented passages: their own seeded draw
+  pick = squad.select if source == 'squad' else lambda ps, n, seed: draw(ps, seed, n)
+  lab = lab or common.Lab(config)
   probe0 = lab.probe(lab.params, lab.cms)
   rows, t_all = [], time.perf_counter()
-  for seed in map(int, _SEEDS.value):
+  for seed in seeds:
     for n in m.sizes:
-      rows.append(run_one(lab, config, draw(passages, seed, n), seed))
-      common.save_results(_WORKDIR.value, {'rows': rows, 'probe_before': probe0, 'seeds': _SEEDS.value,
-                                           'split': m.split}, config)
-  report(rows, probe0, _WORKDIR.value, f'split {m.split}, seeds {",".join(_SEEDS.value)}, '
+      rows.append(run_one(lab, config, pick(passages, n, seed), seed))
+      common.save_results(workdir, {'rows': rows, 'probe_before': probe0, 'seeds': [str(s) for s in seeds],
+                                    'split': m.split, 'source': source}, config)
+  report(rows, probe0, workdir, f'{source} passages, split {m.split}, seeds {",".join(map(str, seeds))}, '
          f'{time.perf_counter() - t_all:.0f}s wall, {results.run_info(config)["processor"]} x{os.cpu_count()} CPU')
+  return rows
 
 
 def merge(paths, workdir):
@@ -141,6 +156,12 @@ def table(rows, probe0) -> str:
     pr = [mean_sd((r[v]['probe_nll'] for r in rows if r['n'] == n and v in r), '.4f')
           if any('probe_nll' in r.get(v, {}) for r in rows if r['n'] == n) else '-' for n in sizes]
     lines.append(f'| {v} | ' + ' | '.join(rec + pr) + ' |')
+  if all('exact_match' in r[v] for r in rows for v in names if v in r):   # official SQuAD v1.1 EM / F1
+    lines += ['', '| row | ' + ' | '.join(f'SQuAD EM %, n={n}' for n in sizes) + ' | '
+              + ' | '.join(f'SQuAD F1 %, n={n}' for n in sizes) + ' |', '|---|' + '---:|' * (2 * len(sizes))]
+    for v in names:
+      lines.append(f'| {v} | ' + ' | '.join(mean_sd(r[v][k] for r in rows if r['n'] == n and v in r)
+                                             for k in ('exact_match', 'token_f1') for n in sizes) + ' |')
   seeds = sorted({r['seed'] for r in rows})
   qs = {n: [r['questions'] for r in rows if r['n'] == n] for n in sizes}
   return '\n'.join(lines) + (f'\n\nNo-context answer recall over all questions of the n passages; mean ± sd over seeds '

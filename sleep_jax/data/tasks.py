@@ -62,7 +62,10 @@ def _postprocess_aliases(output, example=None, is_target=False):
   return _postprocess(output)
 
 
-def _register(name: str, dataset: str, to_rows, metric_fns, aliases: bool = False):
+def _register(name: str, dataset: str, to_rows, metric_fns, aliases: bool = False, source_rows=None,
+              extra_features: tuple[str, ...] = ()):
+  """`source_rows(split, allow_test)` replaces `rows(dataset, ...)` for data that is not a project dataset (TFDS's
+  own SQuAD builder); `extra_features` are more string features its rows carry (passed through untokenised)."""
   import seqio
   import tensorflow as tf
 
@@ -71,8 +74,8 @@ def _register(name: str, dataset: str, to_rows, metric_fns, aliases: bool = Fals
     # Decide here, in the caller's context: tf.data runs the generator later on another thread.
     allow = _HELD_OUT.get()
     check_split(split, allow)
-    gen = lambda: rows(dataset, split, to_rows, allow)
-    sig = {k: tf.TensorSpec((), tf.string) for k in ('id', 'inputs', 'targets', 'aliases')}
+    gen = (lambda: source_rows(split, allow)) if source_rows else (lambda: rows(dataset, split, to_rows, allow))
+    sig = {k: tf.TensorSpec((), tf.string) for k in ('id', 'inputs', 'targets', 'aliases', *extra_features)}
     return tf.data.Dataset.from_generator(gen, output_signature=sig)
 
   vocab = vocabulary()
@@ -140,6 +143,25 @@ def _text_rows(rec):
   yield {'id': rec['id'], 'inputs': '', 'targets': rec['text']}
 
 
+def squad_passage_rows(split: str, allow_test: bool = False, data_dir: str = '') -> Iterable[dict]:
+  """SQuAD v1.1 grouped by passage (squad.passages): one row per passage, 'targets' the context to sleep on,
+  'title', and 'questions' = JSON [{'id', 'question', 'answers': [gold answers]}]."""
+  from sleep_jax.data import squad
+  for p in squad.passages(split, data_dir, allow_test=allow_test):
+    qs = [{'id': q['id'], 'question': q['question'], 'answers': q['aliases']} for q in p['questions']]
+    yield {'id': p['id'], 'inputs': '', 'targets': p['text'], 'aliases': json.dumps([p['text']]),
+           'title': p['title'], 'questions': json.dumps(qs)}
+
+
+def squad_qa_rows(split: str, allow_test: bool = False, data_dir: str = '') -> Iterable[dict]:
+  """SQuAD v1.1 questions asked closed book (no passage), passage by passage; aliases = every gold answer."""
+  from sleep_jax.data import knowledge, squad
+  for p in squad.passages(split, data_dir, allow_test=allow_test):
+    for q in p['questions']:
+      yield {'id': q['id'], 'inputs': knowledge.format_qa_prompt(q['question']), 'targets': q['answer'],
+             'aliases': json.dumps(q['aliases'])}
+
+
 def register_all() -> dict[str, str]:
   """Register every task (idempotent); returns task name -> dataset name."""
   from sleep_jax.data import languages
@@ -156,4 +178,10 @@ def register_all() -> dict[str, str]:
   _register(PREFIX + 'arc_fewshot', 'sleep_arc_fewshot', _arc_rows, [M.arc_grid_exact_match])
   _register(PREFIX + 'lm_essays', 'sleep_essays', _text_rows, [])
   _register(PREFIX + 'lm_shakespeare', 'sleep_shakespeare', _text_rows, [])
+  # SQuAD v1.1 (TFDS's builder; prepared offline, see sleep_jax/data/squad.py): passages for the sleep buffer and
+  # the closed-book questions (official SQuAD EM / F1 over the gold answers).
+  _register(PREFIX + 'squad_v11_passages', 'squad/v1.1', None, [], source_rows=squad_passage_rows,
+            extra_features=('title', 'questions'))
+  _register(PREFIX + 'squad_v11_closed_book_qa', 'squad/v1.1', None, [M.exact_match, M.token_f1], aliases=True,
+            source_rows=squad_qa_rows)
   return dict(TASKS)
