@@ -575,12 +575,14 @@ def test_event_segments_keep_exactly_what_a_checkpoint_recorded(tmp_path):
     seg.read(6)
 
 
-def _batch_config(**cycle):
-  """4 documents, 2 a wake step, one sleep of one Knowledge Seeding update on teacher samples (no rollouts)."""
-  c = _config(steps=1, alpha=1.0, lam=0.0)
+def _batch_config():
+  """4 documents, 2 a wake step, the MLP levels learning while awake (so the wake steps show in the parameters),
+  and one sleep over all 4 with no Knowledge Seeding update (cheap: the test is about the wake side)."""
+  c = _config(steps=0)
   with c.unlocked():
     c.knowledge.n_docs = 4
-    c.cycle.update(dict(docs_per_step=2, docs_per_sleep=4, seq_len=64, **cycle))
+    c.cycle.update(dict(docs_per_step=2, docs_per_sleep=4, seq_len=64))
+    c.wake.update(dict(lr=0.01, optimizer='adamw'))
     c.checkpoint.every = 1
   return c
 
@@ -591,8 +593,10 @@ def test_two_documents_a_wake_step_resume_between_saves_is_bit_identical(tmp_pat
   and 3 and ends with the uninterrupted run's parameters, log and checkpoint positions."""
   c = _batch_config()
   docs = documents.load_docs(c.knowledge, c.seed)
-  ref, _ = _cycle(c, tmp_path / 'ref')
+  ref, b = _cycle(c, tmp_path / 'ref')
+  before = _flat(b.params)
   events = ref.run(docs)
+  assert not np.array_equal(before['layers_0/mlp/w_up'], _flat(ref.state['params'])['layers_0/mlp/w_up'])
   assert int(ref.state['step']) == 2
   sleeps = [e for e in events if e['event'] == 'sleep']
   assert [e['docs'] for e in sleeps] == [[d['id'] for d in docs]]
