@@ -1,6 +1,7 @@
 """The wake/sleep cycle: wake on a stream of documents, sleep (consolidate, then dream when enabled), wake ...
 
-Wake reads one document per step through the CMS wake step (PAPER Eq. 2) and keeps it in the memory buffer.
+Wake reads `cycle.docs_per_step` documents per step (default 1, one a row) through the CMS wake step (PAPER Eq. 2)
+and keeps them in the memory buffer.
 Two things put the model to sleep:
 
 - a full memory buffer (`cycle.docs_per_sleep` documents): the *context -> MLP* consolidation. The teacher is
@@ -37,6 +38,11 @@ before) is measured; a relative rise above `sleep.max_probe_regression` rejects 
 and the reason is logged. Checkpoints hold the pre-sleep wake state throughout a sleep (plus the sleep's own
 small state), so the pre-sleep model is never lost before the new one is committed, and a run can stop and
 resume anywhere: between wake steps, between Knowledge Seeding updates, or between Dreaming rounds.
+
+Scale (docs/paper_scale/loop.md): checkpoints every `checkpoint.every` wake steps and always around a sleep and at
+the end (async with `checkpoint.async_save`); wake and Knowledge Seeding metrics stay on device for `log_every`
+steps and are fetched and checked by the NaN guard before every checkpoint; the event log goes to write-once
+segments (`EventSegments`), one per checkpoint.
 
 Dreaming (`sleep.dream.enabled`, phases/dream.py) runs after a committed consolidation, on the consolidated
 model, training the same new experts; if it alone pushes the retention probe over the limit, the consolidated
