@@ -3,11 +3,11 @@ checkpoint and a host fetch after every wake step, one document a step) against 
 metrics fetched every log_every, and against several documents a wake step (cycle.docs_per_step).
 
   python -m experiments.benchmarks.cycle_wake                      # the tiny smoke model, this machine's devices
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.benchmarks.cycle_wake --docs=48
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.benchmarks.cycle_wake --docs=96
 
-Each setting runs a wake-only stream (no sleep: docs_per_sleep is larger than the stream) of N and of N/4
-documents in fresh workdirs; the time per document is the difference over the difference in documents, so
-compilation and start-up cancel. Prints a markdown table.
+Each setting runs a wake-only stream (no sleep: docs_per_sleep is larger than the stream); the clock starts when
+the first wake step has been dispatched (compiled) and stops when the run has returned (every save committed, every
+metric fetched), so compilation is out and checkpoint writes are in. Prints a markdown table.
 """
 import argparse
 import os
@@ -18,6 +18,7 @@ import jax
 
 from configs import sleep as sleep_config
 from sleep_jax import cycle as cycle_lib
+from sleep_jax import faults
 from sleep_jax import runtime
 
 SETTINGS = (   # name, docs_per_step, checkpoint.every, async_save, log_every
@@ -39,7 +40,7 @@ def _config(docs_per_step, every, async_save, log_every, seq_len):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument('--docs', type=int, default=48)
+  ap.add_argument('--docs', type=int, default=96)
   ap.add_argument('--seq_len', type=int, default=64)
   a = ap.parse_args()
   docs = [{'id': f'd{i}', 'text': f'Document {i}: the lighthouse keeper of Orvane painted the rail teal. ' * 3}
@@ -48,14 +49,19 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     for name, k, every, async_save, log_every in SETTINGS:
       c = _config(k, every, async_save, log_every, a.seq_len)
-      ts = {}
-      for n in (a.docs // 4, a.docs):   # a runtime each: the cycle's wake step donates the runtime's parameters
-        cyc = cycle_lib.Cycle(runtime.Runtime(c), os.path.join(tmp, f'{name[:5]}-{k}-{every}-{n}'), ['probe text ' * 40])
-        t0 = time.perf_counter()
-        cyc.run(docs[:n])
-        ts[n] = time.perf_counter() - t0
-      per_doc = (ts[a.docs] - ts[a.docs // 4]) / (a.docs - a.docs // 4)
-      rows.append((name, 1 / per_doc, 1 / (per_doc * k)))
+      times = []
+      real = faults.point
+      faults.point = lambda name: (times.append(time.perf_counter()) if name == 'wake_step' else None, real(name))
+      try:
+        workdir = os.path.join(tmp, f'{k}-{every}-{async_save}')
+        cyc = cycle_lib.Cycle(runtime.Runtime(c), workdir, ['probe text ' * 40])
+        cyc.run(docs)
+        jax.block_until_ready(cyc.state)
+        t = time.perf_counter() - times[0]
+      finally:
+        faults.point = real
+      steps = len(times) - 1
+      rows.append((name, steps * k / t, steps / t))
   print(f'\n{jax.device_count()} {jax.devices()[0].platform} device(s), tiny smoke model, seq_len {a.seq_len}, '
         f'{a.docs} documents\n')
   print('| setting | documents/s | wake steps/s |\n|---|---:|---:|')
