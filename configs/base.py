@@ -50,7 +50,9 @@ def base_config() -> mlc.ConfigDict:
   c.sampling = mlc.ConfigDict(dict(
       temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=64,
       prompt_buckets=(16, 32, 64, 128, 256, 512, 1024), gen_buckets=(16, 32, 64, 128, 256, 512)))
-  c.checkpoint = mlc.ConfigDict(dict(every=100, keep=3, sleep_every=0))  # sleep_every: KS updates between saves
+  # every: steps between saves (the cycle: wake steps; it also saves before and after every sleep and at the
+  # end); sleep_every: KS updates between saves; async_save: write in the background (the wake/sleep cycle).
+  c.checkpoint = mlc.ConfigDict(dict(every=100, keep=3, sleep_every=0, async_save=True))
   c.log_every = 10
   # NaN/Inf in a loss, gradient norm or reward: 'stop' (raise naming phase, step and quantity, before the bad
   # state is checkpointed) or 'skip' (the step leaves the state unchanged; counted; more than max_skips stops).

@@ -56,6 +56,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
       max_doc_chars=0))                # 0 = whole documents; else cut at a sentence end before this
   c.cycle = mlc.ConfigDict(dict(
       docs_per_sleep=2,                # a full memory buffer puts the model to a context -> MLP sleep
+      docs_per_step=1,                 # documents per wake step, one a row (docs_per_sleep must be a multiple)
       seq_len=256,                     # tokens of a document read per wake step
       # Level -> level consolidation (PAPER sec. 2; schedule in sleep_jax/cycle.py): needs wake.lr > 0.
       protocol=False,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from sleep_jax import results, runtime, train
+from sleep_jax import results, runtime, sharding, train
 from sleep_jax.models.cms import variables
 from sleep_jax.phases import consolidate as ks
 
@@ -201,7 +201,8 @@ class Lab:
         ids = (a + b)[-L:]
         toks[r, :len(ids)] = ids
         w[r, len(ids) - len(b):len(ids)] = 1.0
-      out.append(np.asarray(self._score_fn(self.b.model, params, cms or {}, toks, w))[:len(part)])
+      toks, w = jax.device_put((toks, w), self.batch_sh)   # rows split over the mesh's batch axes
+      out.append(sharding.to_host(self._score_fn(self.b.model, params, cms or {}, toks, w))[:len(part)])
     return np.concatenate(out)
 
 

@@ -1,6 +1,7 @@
 """The wake/sleep cycle: wake on a stream of documents, sleep (consolidate, then dream when enabled), wake ...
 
-Wake reads one document per step through the CMS wake step (PAPER Eq. 2) and keeps it in the memory buffer.
+Wake reads `cycle.docs_per_step` documents per step (default 1, one a row) through the CMS wake step (PAPER Eq. 2)
+and keeps them in the memory buffer.
 Two things put the model to sleep:
 
 - a full memory buffer (`cycle.docs_per_sleep` documents): the *context -> MLP* consolidation. The teacher is
@@ -38,6 +39,11 @@ and the reason is logged. Checkpoints hold the pre-sleep wake state throughout a
 small state), so the pre-sleep model is never lost before the new one is committed, and a run can stop and
 resume anywhere: between wake steps, between Knowledge Seeding updates, or between Dreaming rounds.
 
+Scale (docs/paper_scale/loop.md): checkpoints every `checkpoint.every` wake steps and always around a sleep and at
+the end (async with `checkpoint.async_save`); wake and Knowledge Seeding metrics stay on device for `log_every`
+steps and are fetched and checked by the NaN guard before every checkpoint; the event log goes to write-once
+segments (`EventSegments`), one per checkpoint.
+
 Dreaming (`sleep.dream.enabled`, phases/dream.py) runs after a committed consolidation, on the consolidated
 model, training the same new experts; if it alone pushes the retention probe over the limit, the consolidated
 model is kept without it.
@@ -45,6 +51,7 @@ model is kept without it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
@@ -53,17 +60,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from sleep_jax import build as build_lib
 from sleep_jax import faults, growth, sharding
-from sleep_jax.checkpoint import Checkpointer, abstract_like
+from sleep_jax.checkpoint import Checkpointer, _jsonable, abstract_like
 from sleep_jax.metrics import MetricLogger, progress
 from sleep_jax.models import cms as cms_lib
 from sleep_jax.phases import consolidate as ks
 from sleep_jax.phases import dream as dream_lib
 from sleep_jax.phases import wake as wake_lib
-from sleep_jax.runtime import Runtime
+from sleep_jax.runtime import Runtime, check_docs_per_step
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,21 @@ def doc_batch(tokenizer, doc: dict, seq_len: int, rows: int) -> dict:
   n = len(ids) - 1
   inputs[0, :n], targets[0, :n], weights[0, :n] = ids[:-1], ids[1:], 1.0
   return {'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
+def docs_batch(tokenizer, docs: list[dict], seq_len: int, rows: int) -> dict:
+  """One wake step's batch: document j in row j (`doc_batch`'s row), rows past len(docs) weight-0 padding up to
+  `rows` (the mesh's batch multiple), as the lm job's pipeline batches rows. One document gives exactly
+  `doc_batch`'s batch, so `cycle.docs_per_step=1` runs the wake steps it always did."""
+  if not 1 <= len(docs) <= rows:
+    raise ValueError(f'a wake step reads 1..{rows} documents (cycle.docs_per_step rows), got {len(docs)}')
+  if len(docs) == 1:
+    return doc_batch(tokenizer, docs[0], seq_len, rows)
+  out = doc_batch(tokenizer, docs[0], seq_len, rows)
+  for j, d in enumerate(docs[1:], 1):   # through doc_batch, so a document's row is built one way only
+    for k, v in doc_batch(tokenizer, d, seq_len, 1).items():
+      out[k][j] = v[0]
+  return out
 
 
 def apply_held(state: dict, wcfg, levels) -> dict:
@@ -134,6 +157,53 @@ def protocol_hold(step: int, periods, pairs) -> list[int]:
   return sorted(held)
 
 
+class EventSegments:
+  """The cycle's event log on disk, written once and never rewritten: each checkpoint adds one segment
+  `<workdir>/events/<first event index>.jsonl` with the events since the previous one and records only the
+  count in its own meta, so a checkpoint costs O(new events), not O(log). Reading back `n` (a restored
+  checkpoint's count) drops segments past it: those of a save that never committed. Process 0 writes."""
+
+  def __init__(self, workdir):
+    self.dir = epath.Path(workdir) / 'events'
+
+  def _segments(self) -> list[tuple[int, epath.Path]]:
+    if not self.dir.exists():
+      return []
+    return sorted((int(p.name.split('.')[0]), p) for p in self.dir.iterdir()
+                  if p.name.endswith('.jsonl') and p.name.split('.')[0].isdigit())
+
+  def write(self, start: int, events: list[dict]):
+    if not events or jax.process_index() != 0:
+      return
+    self.dir.mkdir(parents=True, exist_ok=True)
+    text = ''.join(json.dumps(_jsonable(e, 'event')) + '\n' for e in events)
+    tmp = self.dir / f'{start:012d}.jsonl.tmp'
+    tmp.write_text(text)
+    tmp.rename(self.dir / f'{start:012d}.jsonl')   # whole or absent, like a checkpoint
+
+  def read(self, n: int) -> list[dict]:
+    out = []
+    for start, path in self._segments():
+      if start >= n:
+        if jax.process_index() == 0:
+          path.unlink()                             # written for a save that did not commit
+        continue
+      if start != len(out):
+        raise RuntimeError(f'{self.dir}: event segment {path.name} starts at event {start}, but the segments '
+                           f'before it hold {len(out)}; the event log is damaged (a file was removed?)')
+      seg = [json.loads(line) for line in path.read_text().splitlines() if line]
+      if start + len(seg) > n:                      # reaches past the checkpoint: keep only its part
+        seg = seg[:n - start]
+        if jax.process_index() == 0:
+          path.unlink()
+          self.write(start, seg)
+      out += seg
+    if len(out) < n:
+      raise RuntimeError(f'{self.dir}: the checkpoint records {n} events, the segments hold {len(out)}; the event '
+                         'log is damaged (a file was removed?)')
+    return out[:n]
+
+
 # ---------------------------------------------------------------------------------------------------
 # The cycle
 
@@ -171,8 +241,13 @@ class Cycle:
     self._probe_texts = probe_texts
     self.base_cfg = runtime.b.cfg   # the model before any growth: checkpoint lineages start from it
     self.lineage: list[dict] = []   # growth records (growth.grow_pool), saved in checkpoint meta
-    self._assemble(runtime, Checkpointer(workdir, keep=config.checkpoint.keep))
+    self.docs_per_step = check_docs_per_step(config)
+    self._assemble(runtime, Checkpointer(workdir, keep=config.checkpoint.keep,
+                                         async_save=config.checkpoint.get('async_save', False)))
     self.log_lines: list[dict] = []
+    self._events_saved = 0        # log_lines[:_events_saved] are in the events segments on disk
+    self._pending: list = []      # wake steps whose metrics are still on device (`_flush`)
+    self._steps = None            # wake steps done (host copy of state['step'], read once per run)
     self.mlog = None
 
   def _assemble(self, runtime: Runtime, ckpt, state=None):
@@ -188,7 +263,8 @@ class Cycle:
     seeder = runtime.seeder()
     parts = Parts(b, wcfg, seeder.kcfg, runtime.wake_step(shard), shard, runtime.batch_sharding,
                   runtime.sampler, seeder, runtime.dreamer(self.dcfg) if self.dcfg.enabled else None,
-                  runtime.probe(self._probe_texts), ckpt, runtime.n_shards)
+                  runtime.probe(self._probe_texts), ckpt,
+                  -(-self.docs_per_step // runtime.n_shards) * runtime.n_shards)
     if hasattr(self, 'rt'):   # rebuilt in place: a loop holding `rt = self.rt` (Cycle.run) steps the grown model
       self.rt.__dict__.update(parts.__dict__)
     else:
@@ -209,14 +285,31 @@ class Cycle:
     return {'config': self.config.to_json(), **meta, 'wake': dataclasses.asdict(self.rt.wcfg), 'cycle': pos}
 
   def _save(self, pos: dict, ks_state=None, dream_state=None):
+    """Checkpoint `pos` (async with checkpoint.async_save: arrays copied off device, written in the background;
+    only a step with Orbax's commit marker counts, checkpoint.py). First every pending wake metric is fetched and
+    checked by the guard (`_flush`), so no non-finite step is ever committed; the events since the last save go
+    to a segment file of their own (`EventSegments`), the checkpoint records only how many there are."""
+    self._flush()
     n = int(pos['save_id'])
     tree = {'wake': self.state}
     if ks_state is not None:
       tree['ks'] = ks_state
     if dream_state is not None:
       tree['dream'] = dream_state
+    self._events.write(self._events_saved, self.log_lines[self._events_saved:])
+    self._events_saved = len(self.log_lines)
     self.rt.ckpt.save(n, tree, self._meta(pos), force=True,
-                      extra={'events': self.log_lines, 'nonfinite_skips': dict(self.guard.skipped)})
+                      extra={'n_events': len(self.log_lines), 'nonfinite_skips': dict(self.guard.skipped)})
+
+  def _checkpoint(self, pos: dict):
+    """A wake-phase checkpoint of `pos` under the next save id."""
+    pos['save_id'] += 1
+    self._save(pos)
+    self._since_save = 0
+
+  @property
+  def _events(self) -> 'EventSegments':
+    return EventSegments(self.workdir)
 
   def _restore(self):
     """(position, restored tree: 'ks' / 'dream' sleep states when saved mid-sleep) from the newest readable
@@ -244,7 +337,12 @@ class Cycle:
     self.state = tree['wake']
     if self.lineage:
       print(f'restored a grown model: {len(self.lineage)} growth(s), model.n_experts={self.rt.b.cfg.n_experts}')
-    self.log_lines = list((extra or {}).get('events', []))
+    extra = extra or {}
+    if 'n_events' in extra:
+      self.log_lines = self._events.read(int(extra['n_events']))
+      self._events_saved = len(self.log_lines)
+    else:   # a checkpoint from before the segments: its extra holds the whole log; the next save writes it all
+      self.log_lines, self._events_saved = list(extra.get('events', [])), 0
     self.guard.skipped.clear()
     self.guard.skipped.update((extra or {}).get('nonfinite_skips', {}))
     where = ''
@@ -373,18 +471,22 @@ class Cycle:
                  c.sleep.prefix_prompts)
     rng = jax.random.fold_in(jax.random.key(c.seed), 7919 + pos['sleep'])
 
-    def on_step(step, st, m):
+    def save_due(step):   # Knowledge Seeding updates between saves; the last one is saved with the sleep's end
+      return bool(c.checkpoint.sleep_every) and step % c.checkpoint.sleep_every == 0 and step < rt.kcfg.steps
+
+    def on_step(step, st, m):   # every log_every updates, and at each save (then with that step's state)
       self.log_lines.append({'event': 'ks_step', 'sleep': pos['sleep'], **m})
       if self.mlog is not None:
         self.mlog.write_scalars(self._ks_count + step, {f'sleep/{k}': v for k, v in m.items() if k != 'step'})
       faults.point('ks_step')
-      if c.checkpoint.sleep_every and step % c.checkpoint.sleep_every == 0 and step < rt.kcfg.steps:
+      if save_due(step):
         pos['save_id'] += 1
         self._save(dict(pos, phase='sleep', ks_step=step), st)
 
     self._ks_count = sum(e.get('event') == 'ks_step' for e in self.log_lines) - int(pos.get('ks_step', 0))
     st, hist = rt.seeder.run(teacher, student, index, view, items, rng, state=ks_state, on_step=on_step,
-                             progress_desc=f"sleep {pos['sleep']} ({pos['kind']})")
+                             progress_desc=f"sleep {pos['sleep']} ({pos['kind']})", log_every=c.log_every,
+                             sync_at=save_due)
     cms = student['cms']
     if pos['kind'] == 'protocol':
       sender = pos['receiver'] - 1
@@ -467,18 +569,22 @@ class Cycle:
       return []
     return protocol_schedule(step, w.periods, w.lrs, c.get('consolidations_per_period', 1))
 
-  def _sleeps(self, docs: list[dict], pos: dict, tree: dict | None = None):
-    """The sleeps due right after the wake step of document pos['doc'] - 1: the step's protocol consolidations
-    (fastest first), the held updates no consolidation applied, then the context sleep when the buffer is due.
-    `tree`: the restored checkpoint when resuming inside one of them (pos['phase'] == 'sleep')."""
+  def _sleeps(self, docs: list[dict], pos: dict, tree: dict | None = None) -> bool:
+    """The sleeps due right after the wake step that read up to document pos['doc'] - 1: the step's protocol
+    consolidations (fastest first), the held updates no consolidation applied, then the context sleep when the
+    buffer is due; each starts with a checkpoint and the state after them is checkpointed too (so no sleep is
+    redone from scratch or lost). `tree`: the restored checkpoint when resuming inside one of them
+    (pos['phase'] == 'sleep'). True when anything ran (and was checkpointed)."""
     rt, c = self.rt, self.config
     by_id = {d['id']: d for d in docs}
     buffered = lambda: [by_id[j] for j in pos['buffer']]
     resume = pos['kind'] if tree is not None else None
-    step = int(self.state['step'])
+    step = self._steps
+    ran = tree is not None
     if resume in (None, 'protocol'):
       pairs = self._protocol(step)
       for s, r in pairs:
+        ran = True
         if resume == 'protocol' and r < pos['receiver']:
           continue                                       # done before the checkpoint
         if resume == 'protocol' and r == pos['receiver']:
@@ -491,6 +597,8 @@ class Cycle:
         pos.update(phase='wake', sleep=pos['sleep'] + 1)
       rest = [l for l in protocol_hold(step, rt.wcfg.periods, pairs) if l not in {s for s, _ in pairs}]
       if rest:
+        ran = True
+        self._flush()   # the step's 'wake' event goes before its 'held_applied'
         self.state = jax.device_put(apply_held(self.state, rt.wcfg, rest), rt.shard)
         self.log_lines.append({'event': 'held_applied', 'step': step, 'levels': rest})
       resume = None
@@ -503,43 +611,81 @@ class Cycle:
       self._save(pos)
       self.sleep(buffered(), pos)
     if resume == 'context' or due:
+      ran = True
       pos.update(phase='wake', sleep=pos['sleep'] + 1, buffer=[])
     for k in SLEEP_KEYS:
       pos.pop(k, None)
-    pos['save_id'] += 1
-    self._save(pos)
+    if ran:
+      self._checkpoint(pos)
+    return ran
+
+  # ---- wake metrics: on device until fetched ---------------------------------------------------
+  def _flush(self):
+    """Fetch the pending wake steps' metrics in one transfer and handle them in step order: the guard's check
+    (a non-finite loss stops here, naming its step, before any checkpoint holds it: `_save` flushes first),
+    metrics.jsonl, the protocol's 'wake' events, the progress bar. Called every `log_every` wake steps, before
+    every checkpoint and sleep, and at the end of the stream."""
+    if not self._pending:
+      return
+    pending, self._pending = self._pending, []
+    host = jax.device_get([m for *_, m in pending])
+    for (step_no, where, held, bar, _), m in zip(pending, host):
+      self.guard.check('wake', f'{step_no} ({where})', {'loss': m['loss'], 'grad_norm': m['grad_norm']})
+      loss = float(m['loss'])
+      if self.mlog is not None:
+        self.mlog.write_scalars(step_no, {'wake/loss': loss})
+      if self.config.cycle.protocol:
+        self.log_lines.append({'event': 'wake', 'step': step_no, 'updated': np.flatnonzero(m['boundary']).tolist(),
+                               'held': held})
+    if bar is not None:
+      bar.set_metrics({'loss': loss})
 
   def run(self, docs: list[dict]) -> list[dict]:
-    """Wake over `docs` one per step; sleep when the buffer fills (and at level boundaries with protocol)."""
+    """Wake over `docs`, `cycle.docs_per_step` per step; sleep when the buffer fills (and at level boundaries with
+    protocol). Checkpoints every `checkpoint.every` wake steps, before and after every sleep and at the end; a run
+    stopped anywhere resumes from the newest one, re-reading the documents since (the wake step is
+    deterministic, so the resumed run is the uninterrupted one)."""
     rt, c = self.rt, self.config
-    self.mlog = mlog = MetricLogger(self.workdir)
+    self.mlog = MetricLogger(self.workdir)
+    try:
+      self._run(docs)
+    finally:
+      self._pending = []
+      rt.ckpt.wait()   # a stopped run (e.g. the guard) still leaves its last good checkpoint committed
+      self.mlog.close()
+    return self.log_lines
+
+  def _run(self, docs: list[dict]):
+    rt, c = self.rt, self.config
     restored = self._restore()
     pos = {'doc': 0, 'sleep': 0, 'buffer': [], 'phase': 'wake', 'save_id': 0}
+    self._steps = int(self.state['step'])   # the one read of the step count; the loop counts on the host
+    self._since_save = 0
     if restored:
       pos, tree = restored
       if pos['phase'] == 'sleep':   # finish the interrupted step's sleeps
         self._sleeps(docs, pos, tree)
-    bar = progress(range(pos['doc'], len(docs)), desc='wake')
+    k, every, log_every = self.docs_per_step, c.checkpoint.every, c.log_every
+    bar = progress(range(pos['doc'], len(docs), k), desc='wake')
     for i in bar:
-      doc = docs[i]
-      step_no = int(self.state['step']) + 1
+      batch_docs = docs[i:i + k]
+      step_no = self._steps + 1
       hold = np.zeros((rt.wcfg.n_levels,), bool)
       held = protocol_hold(step_no, rt.wcfg.periods, self._protocol(step_no))
       hold[held] = True
-      batch = jax.device_put(doc_batch(rt.b.tokenizer, doc, c.cycle.seq_len, rt.rows), rt.batch_sh)
+      batch = jax.device_put(docs_batch(rt.b.tokenizer, batch_docs, c.cycle.seq_len, rt.rows), rt.batch_sh)
       self.state, m = rt.step_fn(self.state, batch, hold)
-      loss = float(m['loss'])
-      self.guard.check('wake', f'{step_no} (document {i}, {doc["id"]})',
-                       {'loss': loss, 'grad_norm': m['grad_norm']})
+      self._steps = step_no
+      where = (f'document {i}, {batch_docs[0]["id"]}' if len(batch_docs) == 1 else
+               f'documents {i}-{i + len(batch_docs) - 1}, {", ".join(d["id"] for d in batch_docs)}')
+      keep = ('loss', 'grad_norm', 'boundary') if c.cycle.protocol else ('loss', 'grad_norm')
+      self._pending.append((step_no, where, held, bar, {n: m[n] for n in keep}))
       faults.point('wake_step')
-      mlog.write_scalars(step_no, {'wake/loss': loss})
-      bar.set_metrics({'loss': loss})
-      if c.cycle.protocol:
-        updated = np.flatnonzero(np.asarray(jax.device_get(m['boundary']))).tolist()
-        self.log_lines.append({'event': 'wake', 'step': step_no, 'updated': updated, 'held': held})
-      pos['buffer'].append(doc['id'])
-      pos['doc'] = i + 1
-      self._sleeps(docs, pos)
-    rt.ckpt.wait()
-    mlog.close()
-    return self.log_lines
+      pos['buffer'] += [d['id'] for d in batch_docs]
+      pos['doc'] = i + len(batch_docs)
+      self._since_save += 1
+      if len(self._pending) >= log_every:
+        self._flush()
+      if not self._sleeps(docs, pos) and (self._since_save >= every or pos['doc'] == len(docs)):
+        self._checkpoint(pos)
+    self._flush()

@@ -88,6 +88,19 @@ def batch_shards(b: build_lib.Built) -> int:
 # Validation: every problem at once, before anything is built or written
 
 
+def check_docs_per_step(config) -> int:
+  """`cycle.docs_per_step` (default 1), checked against `cycle.docs_per_sleep`: a sleep comes after a whole wake
+  step, so the buffer must fill at a step's end."""
+  k, n = config.cycle.get('docs_per_step', 1), config.cycle.docs_per_sleep
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f'cycle.docs_per_step={k!r} must be an integer >= 1 (documents read per wake step)')
+  if n % k:
+    raise ValueError(f'cycle.docs_per_sleep={n} must be a multiple of cycle.docs_per_step={k}: a sleep starts '
+                     f'after a whole wake step; set docs_per_sleep to {max(k, n // k * k)} or docs_per_step to a '
+                     f'divisor of {n}')
+  return k
+
+
 def validate(config, problems: list[str] | None = None) -> None:
   """Check every value a run reads for range and consistency before anything is built or written; raises one
   ValueError listing each problem with its config key (unknown keys and wrong types are refused earlier, by
@@ -142,6 +155,8 @@ def validate(config, problems: list[str] | None = None) -> None:
   if 'cycle' in c:
     need(c.cycle.docs_per_sleep >= 1, f'cycle.docs_per_sleep={c.cycle.docs_per_sleep} must be >= 1')
     need(c.cycle.seq_len >= 1, f'cycle.seq_len={c.cycle.seq_len} must be >= 1')
+    if c.cycle.docs_per_sleep >= 1:
+      run(lambda: check_docs_per_step(c))
     problems += protocol_problems(c)
   if 'sleep' in c:
     run(lambda: ks_config(c))

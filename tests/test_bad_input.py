@@ -32,6 +32,10 @@ def _bad(**overrides):
     ({'wake.level_of_layer': (0, 1), 'wake.periods': (2, 3), 'wake.lrs': (0.1, 0.1)}, r'C\^\(0\)=2 must divide C\^\(1\)=3'),
     ({'wake.level_of_layer': (0, 1), 'wake.periods': (1, -4), 'wake.lrs': (0.1, 0.1)}, r'wake.periods\[1\]=-4'),
     ({'checkpoint.every': 0}, r'checkpoint.every=0 must be >= 1'),
+    ({'cycle.docs_per_step': 0}, r'cycle.docs_per_step=0 must be an integer >= 1'),
+    ({'cycle.docs_per_step': 4, 'cycle.docs_per_sleep': 6}, r'cycle.docs_per_sleep=6 must be a multiple of '
+                                                             r'cycle.docs_per_step=4'),
+    ({'sleep.ks.sample_batch': 0}, r'sleep.ks.sample_batch=0 must be positive'),
     ({'sampling.top_p': 0.0}, r'sampling.top_p=0.0 must be in \(0, 1\]'),
     ({'sampling.gen_buckets': (16, 8)}, r'sampling.gen_buckets=\(16, 8\) must be increasing'),
     ({'guard.nonfinite': 'ignore'}, r"guard.nonfinite='ignore' is not one of"),

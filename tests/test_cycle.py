@@ -168,6 +168,8 @@ def _poison_doc(monkeypatch, index):
 def test_nan_in_wake_stops_naming_phase_step_and_quantity(tmp_path, monkeypatch):
   from sleep_jax.guard import NonFiniteError
   c = _config(steps=2)
+  with c.unlocked():
+    c.checkpoint.every = 1     # a checkpoint after every wake step; the metrics are fetched every log_every=10
   _poison_doc(monkeypatch, 1)
   cyc, _ = _cycle(c, tmp_path)
   with pytest.raises(NonFiniteError, match=r"^wake: non-finite loss=nan, grad_norm=nan at step 2 \(document 1, "):
@@ -528,3 +530,99 @@ def test_resume_in_the_middle_of_a_protocol_sleep_is_bit_identical(tmp_path, mon
                                                                                    'teacher_sample_s')]
   assert _protocol_trace(events) == _protocol_trace(ref.log_lines)
   assert drop(events) == drop(ref.log_lines)
+
+
+# ---- wake steps of several documents, checkpoint cadence, events on disk ----------------------------------------
+
+
+def test_docs_batch_puts_one_document_a_row_and_pads_with_weight_zero():
+  from sleep_jax.io.byte_tokenizer import ByteTokenizer
+  tok = ByteTokenizer()
+  docs = [{'id': 'a', 'text': 'first document'}, {'id': 'b', 'text': 'the second one, longer'}]
+  one = cycle_lib.docs_batch(tok, docs[:1], 32, 4)
+  ref = cycle_lib.doc_batch(tok, docs[0], 32, 4)
+  for k in ref:
+    np.testing.assert_array_equal(one[k], ref[k])      # docs_per_step=1: exactly the batch it always was
+  two = cycle_lib.docs_batch(tok, docs, 32, 4)
+  for j, d in enumerate(docs):                          # row j is document j, built independently
+    ids = tok.encode(d['text']) + [tok.eos_id]
+    assert two['inputs'][j, :len(ids) - 1].tolist() == ids[:-1] and two['targets'][j, :len(ids) - 1].tolist() == ids[1:]
+    assert two['weights'][j].sum() == len(ids) - 1
+  assert not two['weights'][2:].any() and (two['inputs'][2:] == tok.pad_id).all()
+  with pytest.raises(ValueError, match=r'1\.\.1 documents'):
+    cycle_lib.docs_batch(tok, docs, 32, 1)
+  c = _config()
+  with c.unlocked():
+    c.cycle.update(dict(docs_per_step=2, docs_per_sleep=3))
+  with pytest.raises(ValueError, match=r'cycle.docs_per_sleep=3 must be a multiple of cycle.docs_per_step=2'):
+    runtime.validate(c)
+
+
+def test_event_segments_keep_exactly_what_a_checkpoint_recorded(tmp_path):
+  seg = cycle_lib.EventSegments(tmp_path)
+  ev = [{'event': 'e', 'i': i, 'x': 0.1 * i} for i in range(8)]
+  seg.write(0, ev[:3])
+  seg.write(3, ev[3:5])
+  seg.write(5, ev[5:])          # a save that did not commit: its checkpoint would record 5
+  assert seg.read(8) == ev
+  assert seg.read(5) == ev[:5] and sorted(p.name for p in seg.dir.iterdir()) == ['000000000000.jsonl',
+                                                                                   '000000000003.jsonl']
+  assert seg.read(4) == ev[:4] and seg.read(5 - 1) == ev[:4]    # cut inside a segment: rewritten to its part
+  seg.write(4, ev[4:6])
+  assert seg.read(6) == ev[:6]
+  (seg.dir / '000000000000.jsonl').unlink()
+  with pytest.raises(RuntimeError, match='event log is damaged'):
+    seg.read(6)
+
+
+def _batch_config():
+  """4 documents, 2 a wake step, the MLP levels learning while awake (so the wake steps show in the parameters),
+  and one sleep over all 4 with no Knowledge Seeding update (cheap: the test is about the wake side)."""
+  c = _config(steps=0)
+  with c.unlocked():
+    c.knowledge.n_docs = 4
+    c.cycle.update(dict(docs_per_step=2, docs_per_sleep=4, seq_len=64))
+    c.wake.update(dict(lr=0.01, optimizer='adamw'))
+    c.checkpoint.every = 1
+  return c
+
+
+def test_two_documents_a_wake_step_resume_between_saves_is_bit_identical(tmp_path, monkeypatch):
+  """docs_per_step=2: 4 documents are 2 wake steps and one sleep over all 4; checkpoints after wake step 1, before
+  the sleep and after it (checkpoint.every=1). Stopped right after the first save, the rerun re-reads documents 2
+  and 3 and ends with the uninterrupted run's parameters, log and checkpoint positions."""
+  c = _batch_config()
+  docs = documents.load_docs(c.knowledge, c.seed)
+  ref, b = _cycle(c, tmp_path / 'ref')
+  before = _flat(b.params)
+  events = ref.run(docs)
+  assert not np.array_equal(before['layers_0/mlp/w_up'], _flat(ref.state['params'])['layers_0/mlp/w_up'])
+  assert int(ref.state['step']) == 2
+  sleeps = [e for e in events if e['event'] == 'sleep']
+  assert [e['docs'] for e in sleeps] == [[d['id'] for d in docs]]
+  assert ref.rt.ckpt.all_steps() == [2, 3]                        # keep=2 of saves 1 (wake), 2 (sleep start), 3
+  assert ref.rt.ckpt.restore_meta(3)['cycle'] == {'doc': 4, 'sleep': 1, 'buffer': [], 'phase': 'wake', 'save_id': 3}
+  assert ref.rt.ckpt.restore_meta(2)['cycle']['doc'] == 4
+  _stop_after_save(c, docs, tmp_path / 'cut', monkeypatch, lambda pos: pos['phase'] == 'wake' and pos['doc'] == 2)
+  cut, _ = _cycle(c, tmp_path / 'cut')
+  assert _no_time(cut.run(docs)) == _no_time(events)
+  a, b = _flat(ref.state['params']), _flat(cut.state['params'])
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _no_time(evs):
+  return [{k: v for k, v in e.items() if k != 'seconds' and not k.endswith('_s')}
+          for e in evs]
+
+
+def test_a_nan_is_caught_before_the_checkpoint_that_would_hold_it(tmp_path, monkeypatch):
+  """Metrics are fetched every log_every=10 wake steps, but a checkpoint fetches and checks them first: a NaN in
+  wake step 1 stops the run before its save (checkpoint.every=1), so no checkpoint holds it."""
+  from sleep_jax.guard import NonFiniteError
+  c = _batch_config()
+  _poison_doc(monkeypatch, 0)
+  cyc, _ = _cycle(c, tmp_path)
+  with pytest.raises(NonFiniteError, match=r'^wake: non-finite loss=nan, grad_norm=nan at step 1 \(documents 0-1, '):
+    cyc.run(documents.load_docs(c.knowledge, c.seed))
+  assert cyc.rt.ckpt.latest_step() is None

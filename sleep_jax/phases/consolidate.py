@@ -79,6 +79,10 @@ class KSConfig:
   teacher_temperature: float = 1.0
   prefix_max_frac: float = 0.5    # LTI cuts d after k ~ U{0..floor(prefix_max_frac*|d|)} tokens
   expand: bool = True             # False: train the receivers' base MLPs instead of a new expert (ablation)
+  # Teacher completions (the generative-replay set) sampled per sampler call: one batch of prompts, rows padded to
+  # the mesh's batch shards and split over them. Larger = fewer calls (at 8B: a multiple of the batch shards);
+  # changing it changes the sampled set (each batch draws its own key), not its distribution.
+  sample_batch: int = 16
 
   def __post_init__(self):
     for f in ('alpha', 'lam', 'gamma'):
@@ -93,7 +97,7 @@ class KSConfig:
       raise ValueError(f'sleep.ks.z0_frac={self.z0_frac} must be in (0, 1]')
     if self.reward_unit not in ('token', 'char'):
       raise ValueError(f"sleep.ks.reward_unit={self.reward_unit!r} is not one of 'token', 'char'")
-    for f in ('steps', 'prompts_per_step', 'group_size', 'max_new_tokens'):
+    for f in ('steps', 'prompts_per_step', 'group_size', 'max_new_tokens', 'sample_batch'):
       if getattr(self, f) < (0 if f == 'steps' else 1):
         raise ValueError(f'sleep.ks.{f}={getattr(self, f)} must be positive')
     if self.group_size < 2 and self.alpha < 1.0:
@@ -343,9 +347,9 @@ class Seeder:
 
   def teacher_samples(self, teacher, items: list[Item], rng) -> list[list[int]]:
     """One teacher completion per item (sampled once per sleep: the generative-replay dataset D)."""
-    out = []
-    for s in range(0, len(items), 16):
-      chunk = items[s:s + 16]
+    out, n = [], self.kcfg.sample_batch
+    for s in range(0, len(items), n):
+      chunk = items[s:s + n]
       o = self.sampler(teacher['params'], [it.teacher for it in chunk], max_new_tokens=self.kcfg.max_new_tokens,
                        rng=jax.random.fold_in(rng, s), temperature=self.kcfg.teacher_temperature,
                        cms=teacher['cms'])
@@ -402,9 +406,16 @@ class Seeder:
 
   def run(self, teacher: dict, student: dict, index: dict, view: View, items: list[Item], rng, *,
           state: dict | None = None, judge_vars: dict | None = None, on_step: Callable | None = None,
-          progress_desc: str = 'sleep/ks') -> tuple[dict, list[dict]]:
+          progress_desc: str = 'sleep/ks', log_every: int = 1,
+          sync_at: Callable[[int], bool] | None = None) -> tuple[dict, list[dict]]:
     """Train `delta` for kcfg.steps updates (from `state`, e.g. a resumed one). teacher/student are
-    {'params', 'cms'} (the student's with the new experts active). Returns (state, per-step metrics)."""
+    {'params', 'cms'} (the student's with the new experts active). Returns (state, per-step metrics).
+
+    The updates' metrics stay on device and are fetched (one transfer), checked by the guard and handed to
+    `on_step(step, state, metrics)` every `log_every` updates, at the last one, and at every step where
+    `sync_at(step)` (where the caller checkpoints: `state` is then that step's state, checked before it is
+    saved). Earlier steps of a fetch get `state=None`. With on-policy rows every update samples from the student
+    first, which waits for the previous update anyway; off-policy-only seeding (lam=0) runs ahead."""
     k = self.kcfg
     if not items:
       raise ValueError('Knowledge Seeding got no prompts: the memory buffer is empty')
@@ -425,6 +436,23 @@ class Seeder:
     history = []
     bar = progress(range(int(state['step']), k.steps), desc=progress_desc)
     merge = _merge_jit(view)
+    phase, pending = 'sleep/knowledge-seeding', []
+
+    def flush(state):
+      host = jax.device_get([m for m, _ in pending])
+      for i, (m, (info, s, t)) in enumerate(zip(host, [x for _, x in pending])):
+        if m is None:
+          m = {'skipped': 1.0}   # a non-finite reward: no update from this batch (checked on the host already)
+        else:
+          m = {key: float(v) for key, v in m.items()}
+          m['skipped'] = float(not self.guard.check(phase, s + 1, m))
+        m.update(info, step=s + 1, **t)
+        history.append(m)
+        if on_step is not None:
+          on_step(s + 1, state if i == len(pending) - 1 else None, m)
+      bar.set_metrics({key: history[-1][key] for key in ('loss', 'reward') if key in history[-1]})
+      pending.clear()
+
     for s in bar:
       ids = schedule[s * k.prompts_per_step:(s + 1) * k.prompts_per_step]
       t1 = time.perf_counter()
@@ -437,19 +465,14 @@ class Seeder:
         sh = self.batch_sharding
         row_sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec(sh.spec[0]))
         batch = jax.device_put(batch, jax.tree.map(lambda _: row_sh, batch))
-      phase = 'sleep/knowledge-seeding'
       if self.guard.check(phase, s + 1, {k: v for k, v in info.items() if k.startswith('r')}):
         state, m = update(state, frozen, batch)
-        m = {key: float(v) for key, v in jax.device_get(m).items()}
-        m['skipped'] = float(not self.guard.check(phase, s + 1, m))
       else:                 # a non-finite reward: no update from this batch
-        state, m = dict(state, step=state['step'] + 1), {'skipped': 1.0}
-      t3 = time.perf_counter()
-      m.update(info, step=s + 1, sample_s=t2 - t1, update_s=t3 - t2)
-      history.append(m)
-      bar.set_metrics({k: m[k] for k in ('loss', 'reward') if k in m})
-      if on_step is not None:
-        on_step(s + 1, state, m)
+        state, m = dict(state, step=state['step'] + 1), None
+      t3 = time.perf_counter()   # update_s: dispatch only, the update itself overlaps the next step's host work
+      pending.append((m, (info, s, {'sample_s': t2 - t1, 'update_s': t3 - t2})))
+      if len(pending) >= log_every or s + 1 == k.steps or (sync_at is not None and sync_at(s + 1)):
+        flush(state)
     if history:
       history[0]['teacher_sample_s'] = t_teacher
     return state, history

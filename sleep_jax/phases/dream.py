@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from sleep_jax import guard as guard_lib
-from sleep_jax import losses, train
+from sleep_jax import losses, sharding, train
 from sleep_jax.data.arc import grid_to_text
 from sleep_jax.data.text import sentences
 from sleep_jax.metrics import progress
@@ -421,7 +421,7 @@ class Dreamer:
     cos = norm = np.zeros(len(ys), np.float32)
     if d.selection != 'random':
       rows = self._put(self.dream_rows(task, ys, which, self._rows(len(ys))))
-      cos, norm = (np.asarray(x)[:len(ys)] for x in f['scores'](state['delta'], frozen, rows, probe))
+      cos, norm = (x[:len(ys)] for x in sharding.to_host(f['scores'](state['delta'], frozen, rows, probe)))
     kept, score = self.select(cos, norm, valid, r_np)
     t2 = time.perf_counter()
     K = self._rows(d.n_kept)
@@ -431,8 +431,8 @@ class Dreamer:
       return state, dict(info, reward_rate=0.0, rewards=[], gen_s=t1 - t0, select_s=t2 - t1)
     kr_host = self.dream_rows(task, [ys[i] for i in kept], [which[i] for i in kept], K)
     kr = self._put(jax.tree.map(lambda x: x[:, None], kr_host))
-    tau_K, tau0, loss_KS = f['inner'](state['delta'], frozen, kr, probe)
-    tau_K, tau0 = np.asarray(tau_K)[:len(kept)], float(tau0)
+    tau_K, tau0, loss_KS = sharding.to_host(f['inner'](state['delta'], frozen, kr, probe))
+    tau_K, tau0 = tau_K[:len(kept)], float(tau0)
     phase, where = 'sleep/dreaming', f'{int(state["step"])} M-steps done (context {task.name!r})'
     # A dream whose isolated fine-tune is not finite is not rewarded (NaN < x is False) when skipping.
     self.guard.check(phase, where, {'probe NLL tau_orig': tau0, 'probe NLL of the fine-tuned copies': tau_K})
@@ -443,15 +443,17 @@ class Dreamer:
       row_w = np.zeros((K, 1), np.float32)
       row_w[:len(kept), 0] = reward
       mr = self._put(dict(kr_host, weights=kr_host['weights'] * row_w))   # the same rows, reward-weighted
-      for j in range(d.mstep_steps):
+      ms = []
+      for _ in range(d.mstep_steps):   # no host sync between M-steps: the metrics are fetched once, after them
         state, m = f['mstep'](state, frozen, mr)
-        m = {k: float(v) for k, v in m.items()}
+        ms.append({k: m[k] for k in ('loss', 'grad_norm')})
+      for j, m in enumerate(jax.device_get(ms)):   # checked before the round returns (and is checkpointed)
         self.guard.check(phase, f'M-step {j + 1} of {where}', {'M-step loss': m['loss'],
                                                                 'M-step grad_norm': m['grad_norm']})
-        m_loss.append(m['loss'])
+        m_loss.append(float(m['loss']))
     t4 = time.perf_counter()
     info.update(reward_rate=float(reward.mean()), rewards=reward.tolist(), tau_orig=tau0, tau_copies=tau_K.tolist(),
-                inner_loss=np.asarray(loss_KS)[:len(kept)].tolist(), mstep_loss=m_loss,
+                inner_loss=loss_KS[:len(kept)].tolist(), mstep_loss=m_loss,
                 gen_s=t1 - t0, select_s=t2 - t1, inner_s=t3 - t2, mstep_s=t4 - t3,
                 examples=[self.tok.decode(ys[i]) for i in kept[:2]])
     return state, info
