@@ -8,11 +8,13 @@ from experiments import memory_plan
 GiB = 2 ** 30
 
 
-def hand_params(D, L, H, K, E, F, V, tied, S, R):
-  """(all parameters, the replicated norm scales) counted from the architecture, independently of the model code."""
-  per_layer = D * E * (2 * H + 2 * K) + 3 * D * F + 2 * D + S * (2 * D * R + D)
-  norms = (2 * L + 1) * D
-  return L * per_layer + V * D * (1 if tied else 2) + D, norms
+def hand_params(D, L, H, K, E, F, V, tied, S, R, qkv_bias=False):
+  """(all parameters, the replicated ones: norm scales and q/k/v biases) counted from the architecture,
+  independently of the model code."""
+  bias = (H * E + 2 * K * E) if qkv_bias else 0
+  per_layer = D * E * (2 * H + 2 * K) + 3 * D * F + 2 * D + S * (2 * D * R + D) + bias
+  replicated = (2 * L + 1) * D + L * bias
+  return L * per_layer + V * D * (1 if tied else 2) + D, replicated
 
 
 @pytest.fixture(scope='module')
@@ -26,14 +28,14 @@ def llama():
 
 
 def test_qwen25_7b_parameters_per_device_match_the_hand_count(qwen):
-  n, norms = hand_params(D=3584, L=28, H=28, K=4, E=128, F=18944, V=152064, tied=False, S=5, R=64)
+  n, norms = hand_params(D=3584, L=28, H=28, K=4, E=128, F=18944, V=152064, tied=False, S=5, R=64, qkv_bias=True)
   base = n - 28 * 5 * (2 * 3584 * 64 + 3584)
-  assert base == pytest.approx(7.62e9, rel=2e-3)   # Qwen2.5-7B: 7.62B (without its 0.13M q/k/v biases)
+  assert base == pytest.approx(7.62e9, rel=2e-3)   # Qwen2.5-7B: 7.62B (with its 0.13M q/k/v biases)
   assert qwen['n_params'] == n
   rows = {r['slice']: r for r in qwen['rows']}
   h100 = rows['8xH100']
   assert h100['mesh'] == {'data': 1, 'fsdp': 8, 'tensor': 1}
-  # bf16, every matrix FSDP-sharded 8 ways, the norm scales replicated: 2 * 7.68e9 / 8 up to the norms.
+  # bf16, every matrix FSDP-sharded 8 ways, the norm scales and biases replicated: 2 * 7.68e9 / 8 up to those.
   assert h100['params'] == 2 * (n - norms) // 8 + 2 * norms
   assert h100['params'] == pytest.approx(2 * n / 8, rel=1e-3)
   assert rows['v4-32']['params'] == 2 * (n - norms) // 16 + 2 * norms

@@ -32,13 +32,15 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   if not arg:
     c.model.update(llama32_1b())
   _table5.apply(c)
-  # The paper's protocol sizes: 11 training tasks, 8 held-out tasks, 5 self-edits (dreams) per task.
-  c.arc.update(dict(n_train=11, heldout_pool=8, n_heldout=8, dreams_per_task=5, max_answer_tokens=256))
+  # The paper's protocol: SEAL's split (sleep_jax/data/arc_seal_split.json: its 11 ARC-AGI-1 training tasks train
+  # the dream generator, its 8 evaluation tasks, 9 test inputs, are held out), 5 self-edits (dreams) per task.
+  # SEAL's longest held-out answer is ~271 tokens and its longest prompt ~2.6k tokens (SmolLM2's tokenizer).
+  c.arc.update(dict(split='seal', n_train=0, heldout_pool=8, n_heldout=8, dreams_per_task=5, max_answer_tokens=320))
   c.sleep.dream.update(dict(n_dreams=5, max_new_tokens=256))
-  c.sampling.prompt_buckets = (256, 1024, 2048)
-  c.sampling.gen_buckets = (256,)
+  c.sampling.prompt_buckets = (256, 1024, 2048, 4096)
+  c.sampling.gen_buckets = (256, 320)
   if arg == 'smoke':
-    c.arc.update(dict(n_train=1, heldout_pool=2, n_heldout=1, dreams_per_task=2, max_answer_tokens=16))
+    c.arc.update(dict(split='test', n_train=1, heldout_pool=2, n_heldout=1, dreams_per_task=2, max_answer_tokens=16))
     c.model.update(dict(n_experts=2, expert_rank=4, dtype='float32', param_dtype='float32'))
     c.sleep.ks.update(dict(steps=2, prompts_per_step=2, group_size=2))
     c.sleep.dream.update(dict(n_dreams=2, max_new_tokens=16))
