@@ -64,11 +64,23 @@ _BLOCK_DIMS: dict[tuple[str, str], tuple[str, ...]] = {
     ('mlp', 'router'): ('D', 'S'),
     ('mlp', 'expert_a'): ('S', 'D', 'R'),
     ('mlp', 'expert_b'): ('S', 'R', 'D'),
+    # Architecture variants (ModelConfig.qkv_bias / o_bias / mlp_bias; Qwen2): present only when the config says.
+    ('attn', 'bq'): ('H', 'E'),
+    ('attn', 'bk'): ('K', 'E'),
+    ('attn', 'bv'): ('K', 'E'),
+    ('attn', 'bo'): ('D',),
+    ('mlp', 'b_gate'): ('F',),
+    ('mlp', 'b_up'): ('F',),
+    ('mlp', 'b_down'): ('D',),
 }
 _EXPERT_LEAVES = frozenset({'router', 'expert_a', 'expert_b'})
+_BIAS_FLAG = {'bq': 'qkv_bias', 'bk': 'qkv_bias', 'bv': 'qkv_bias', 'bo': 'o_bias',
+              'b_gate': 'mlp_bias', 'b_up': 'mlp_bias', 'b_down': 'mlp_bias'}
+_HEAD_NORMS = ('q_norm', 'k_norm')   # Qwen3's per-head RMSNorm over head_dim: its scale is ('E',), not ('D',)
 # Leaves that write into the residual stream: new entries start at zero, so new residual dims, new heads and new
 # layers add exactly nothing at growth (their partners on the reading side are random, so gradients flow).
-_ZERO_INIT = frozenset({'embed', 'wo', 'w_down', 'expert_b'})
+# Biases start at zero too (a new head's or a new residual dim's bias adds nothing).
+_ZERO_INIT = frozenset({'embed', 'wo', 'w_down', 'expert_b'}) | frozenset(_BIAS_FLAG)
 _LAYER_RE = re.compile(r'^layers_(\d+)$')
 
 
@@ -83,6 +95,8 @@ def leaf_dims(path: Path) -> tuple[str, ...] | None:
     return None
   if path[-1] in _TOP_DIMS:
     return _TOP_DIMS[path[-1]]
+  if len(path) >= 2 and path[-1] == 'scale' and path[-2] in _HEAD_NORMS:
+    return ('E',)
   if len(path) >= 2 and path[-1] == 'scale' and path[-2].endswith('norm'):
     return ('D',)
   return _BLOCK_DIMS.get(tuple(path[-2:])) if len(path) >= 2 else None
@@ -99,8 +113,11 @@ def param_dims(cfg: ModelConfig) -> dict[Path, tuple[str, ...]]:
     out[(layer, 'attn_norm', 'scale')] = ('D',)
     out[(layer, 'mlp_norm', 'scale')] = ('D',)
     for (parent, name), dims in _BLOCK_DIMS.items():
-      if experts or name not in _EXPERT_LEAVES:
+      if (experts or name not in _EXPERT_LEAVES) and (name not in _BIAS_FLAG or getattr(cfg, _BIAS_FLAG[name])):
         out[(layer, parent, name)] = dims
+    if cfg.qk_norm:
+      for n in _HEAD_NORMS:
+        out[(layer, 'attn', n, 'scale')] = ('E',)
   return out
 
 
@@ -351,8 +368,8 @@ def _rule(plan: Plan, path: Path, whole_new: bool) -> tuple[str, float]:
   residual dims): 0. Expert-pool leaves follow the CMS module's init (router 0, A ~ N(0, 1/D), a new layer's
   inactive B ~ N(0, 0.02^2/R), so dreaming there still injects novelty); everything else N(0, init_std)."""
   name, c = path[-1], plan.new_cfg
-  if name == 'scale':
-    return 'const', plan.norm_factor
+  if name == 'scale':   # q/k norms average over head_dim, which no op changes: their factor is 1
+    return 'const', 1.0 if path[-2] in _HEAD_NORMS else plan.norm_factor
   if name in _EXPERT_LEAVES:
     if name == 'expert_a':
       return 'normal', cms_lib.expert_a_std(c.d_model)
@@ -393,7 +410,7 @@ def _apply(plan: Plan, params: Params, flat_noise) -> Params:
          if plan.old_path(path) in flat}
   if plan.norm_factor != 1.0:
     for path in out:
-      if path[-1] == 'scale':
+      if path[-1] == 'scale' and path[-2] not in _HEAD_NORMS:
         out[path] = (out[path].astype(np.float32) * np.float32(plan.norm_factor)).astype(out[path].dtype)
   offset = 0
   for path, shape, src in _grown_leaves(plan):

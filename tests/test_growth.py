@@ -11,6 +11,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import optax
@@ -156,11 +157,35 @@ def test_growth_preserves_logits(op, data):
                              rtol=1e-5, atol=1e-5)
 
 
+VARIANTS = dict(qkv_bias=True, o_bias=True, mlp_bias=True, qk_norm=True)   # Qwen2 biases, Qwen3 q/k norm, all on
+
+
 @pytest.mark.parametrize('kw', [{}, {'tie_embeddings': False, 'n_layers': 3},
-                                {'n_experts': 3, 'expert_rank': 2, 'n_heads': 6, 'n_kv_heads': 3}])
+                                {'n_experts': 3, 'expert_rank': 2, 'n_heads': 6, 'n_kv_heads': 3},
+                                dict(VARIANTS, n_experts=2, expert_rank=2)])
 def test_param_table_matches_the_model(kw):
   cfg = cfg_of(**kw)
   assert shapes(cfg) == model_shapes(cfg)
+
+
+@pytest.mark.parametrize('op,args', [('widen_mlp', {'d_ff': 40}), ('add_heads', {'n_heads': 6, 'n_kv_heads': 3}),
+                                     ('widen_model', {'d_model': 24}), ('add_layers', {'at': [1]})])
+def test_growth_preserves_logits_with_biases_and_qk_norm(op, args):
+  """The architecture variants (Qwen2 biases, Qwen3 q/k norm) grow function-preservingly too; the model itself is
+  the reference here (tests/test_hf_families.py checks it against an independent numpy forward), with nonzero
+  biases and norm scales so a wrongly placed or rescaled one shows."""
+  cfg = cfg_of(**VARIANTS)
+  model = Transformer(cfg)
+  params = jax.tree.map(lambda x: x + 0.3 * np.random.RandomState(x.size).standard_normal(x.shape).astype(x.dtype),
+                        nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']))
+  toks = np.random.RandomState(0).randint(0, V, (2, 7))
+  new_cfg, new_params = growth.OPS[op](cfg, params, jax.random.key(1), **args)
+  assert {p: tuple(x.shape) for p, x in traverse_util.flatten_dict(new_params).items()} == model_shapes(new_cfg)
+  before = Transformer(cfg).apply({'params': params}, toks)[0]
+  after = Transformer(new_cfg).apply({'params': new_params}, toks)[0]
+  # float32 model: widen_model's RMSNorm sums over more (zero) dims in another order (~3e-5 here); a misplaced or
+  # rescaled bias / norm scale moves logits by ~0.1.
+  np.testing.assert_allclose(np.asarray(after), np.asarray(before), rtol=2e-4, atol=2e-4)
 
 
 def test_numpy_reference_matches_the_model():
