@@ -37,7 +37,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   # SEAL's longest held-out answer is ~271 tokens and its longest prompt ~2.6k tokens (SmolLM2's tokenizer).
   c.arc.update(dict(split='seal', n_train=0, heldout_pool=8, n_heldout=8, dreams_per_task=5, max_answer_tokens=320))
   c.sleep.dream.update(dict(n_dreams=5, max_new_tokens=256))
-  c.sampling.prompt_buckets = (256, 1024, 2048, 4096)
+  c.sampling.prompt_buckets = (256, 1024, 2048, 3072)   # SEAL's longest ARC prompt is ~2.6k tokens
   c.sampling.gen_buckets = (256, 320)
   if arg == 'smoke':
     c.arc.update(dict(split='test', n_train=1, heldout_pool=2, n_heldout=1, dreams_per_task=2, max_answer_tokens=16))
