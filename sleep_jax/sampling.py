@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sleep_jax import sharding
 from sleep_jax.models.cms import variables
 from sleep_jax.models.llama import ModelConfig, init_cache
 
@@ -201,5 +202,5 @@ class Sampler:
     out = self._fn(params, cms or {}, dream_key, toks, mask, rng, jnp.int32(max_new_tokens), jnp.float32(temperature),
                    jnp.int32(top_k), jnp.float32(top_p), n_buf=n_buf, use_top_k=top_k > 0,
                    use_top_p=top_p < 1.0)
-    tok, lp, m = (np.asarray(x)[: len(prompts), :max_new_tokens] for x in out)
+    tok, lp, m = (sharding.to_host(x)[: len(prompts), :max_new_tokens] for x in out)   # multi-process too
     return SampleOutput(tok, lp, m)

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from sleep_jax import guard as guard_lib
-from sleep_jax import losses, train
+from sleep_jax import losses, sharding, train
 from sleep_jax.data.arc import grid_to_text
 from sleep_jax.data.text import sentences
 from sleep_jax.metrics import progress
@@ -421,7 +421,7 @@ class Dreamer:
     cos = norm = np.zeros(len(ys), np.float32)
     if d.selection != 'random':
       rows = self._put(self.dream_rows(task, ys, which, self._rows(len(ys))))
-      cos, norm = (np.asarray(x)[:len(ys)] for x in f['scores'](state['delta'], frozen, rows, probe))
+      cos, norm = (sharding.to_host(x)[:len(ys)] for x in f['scores'](state['delta'], frozen, rows, probe))
     kept, score = self.select(cos, norm, valid, r_np)
     t2 = time.perf_counter()
     K = self._rows(d.n_kept)
@@ -432,7 +432,7 @@ class Dreamer:
     kr_host = self.dream_rows(task, [ys[i] for i in kept], [which[i] for i in kept], K)
     kr = self._put(jax.tree.map(lambda x: x[:, None], kr_host))
     tau_K, tau0, loss_KS = f['inner'](state['delta'], frozen, kr, probe)
-    tau_K, tau0 = np.asarray(tau_K)[:len(kept)], float(tau0)
+    tau_K, tau0, loss_KS = sharding.to_host(tau_K)[:len(kept)], float(tau0), sharding.to_host(loss_KS)
     phase, where = 'sleep/dreaming', f'{int(state["step"])} M-steps done (context {task.name!r})'
     # A dream whose isolated fine-tune is not finite is not rewarded (NaN < x is False) when skipping.
     self.guard.check(phase, where, {'probe NLL tau_orig': tau0, 'probe NLL of the fine-tuned copies': tau_K})
