@@ -54,20 +54,23 @@ def commands(n: int, port: int, main_args: list[str], python: str = sys.executab
 
 
 def launch(main_args: list[str], n: int = 2, devices: int = 4, port: int = 0, timeout: float | None = None,
-           env: dict | None = None, out=None, cwd: str | None = None) -> tuple[list[int], list[str]]:
+           env: dict | None = None, process_env_extra: dict[int, dict] | None = None, out=None,
+           cwd: str | None = None) -> tuple[list[int], list[str]]:
   """Run `n` processes of experiments.main with `main_args` to completion; returns (return codes, outputs).
 
   Outputs (stdout and stderr merged, per process) are also written to `out` (default sys.stdout) line by line
-  with a `[pI] ` prefix, if `out` is not False. When one process exits non-zero, or `timeout` passes, the
+  with a `[pI] ` prefix, if `out` is not False. `process_env_extra[i]`: variables for process i only (e.g. a
+  crash point, sleep_jax/faults.py, to kill one process of the run). When one process exits non-zero, or `timeout` passes, the
   others are SIGKILLed: a lone survivor would block in its next collective.
   """
   if n < 1:
     raise ValueError(f'--processes={n} must be >= 1')
   port = port or free_port()
   out = sys.stdout if out is None else out
-  procs = [subprocess.Popen(cmd, env=process_env(devices, env), cwd=cwd, stdout=subprocess.PIPE,
+  extra = process_env_extra or {}
+  procs = [subprocess.Popen(cmd, env={**process_env(devices, env), **extra.get(i, {})}, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-           for cmd in commands(n, port, main_args)]
+           for i, cmd in enumerate(commands(n, port, main_args))]
   texts = [[] for _ in procs]
 
   def pump(i, p):
