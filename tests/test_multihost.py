@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -118,8 +119,12 @@ def metrics(workdir):
 def final_state(workdir):
   ckpts = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  with ocp.PyTreeCheckpointer() as c:
-    tree = c.restore(os.path.join(ckpts, str(step), 'state'))
+  path = os.path.join(ckpts, str(step), 'state')
+  with ocp.PyTreeCheckpointer() as c:   # as numpy: the 2-process run's shardings name devices this one lacks
+    md = c.metadata(path)
+    md = getattr(getattr(md, 'item_metadata', md), 'tree', md)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), md)
+    tree = c.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
   flat = {}
 
   def walk(t, prefix):
