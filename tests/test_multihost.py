@@ -188,3 +188,12 @@ def test_sleep_job_on_two_processes_matches_one(tmp_path, env):
   assert_close_tree(r1, r2)
   assert_same_state(final_state(tmp_path / 'one'), final_state(tmp_path / 'two'))
   assert not os.path.exists(tmp_path / 'two' / 'results.json.tmp')
+
+
+def test_incomplete_process_flags_are_refused_before_anything_runs(tmp_path):
+  """--coordinator without --num_processes / --process_id: one error naming the three flags, no workdir."""
+  p = subprocess.run([sys.executable, '-m', 'experiments.main', '--config=configs/lm.py:smoke',
+                      f'--workdir={tmp_path / "w"}', '--coordinator=127.0.0.1:1'], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert p.returncode == 1 and '--coordinator, --num_processes and --process_id go together' in p.stderr, p.stderr
+  assert not (tmp_path / 'w').exists()
