@@ -30,6 +30,10 @@ _PORT = flags.DEFINE_integer('port', 0, 'Coordinator port on 127.0.0.1; 0 picks 
 _TIMEOUT = flags.DEFINE_float('timeout', 0, 'Seconds before every process is killed; 0 = no limit.')
 
 
+# gloo prints one line per collective group it connects (C++, to stderr), dozens per run: not shown.
+_GLOO_NOISE = re.compile(r'\[Gloo\] Rank \d+ is connected to \d+ peer ranks')
+
+
 def free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(('127.0.0.1', 0))
@@ -59,9 +63,10 @@ def launch(main_args: list[str], n: int = 2, devices: int = 4, port: int = 0, ti
   """Run `n` processes of experiments.main with `main_args` to completion; returns (return codes, outputs).
 
   Outputs (stdout and stderr merged, per process) are also written to `out` (default sys.stdout) line by line
-  with a `[pI] ` prefix, if `out` is not False. `process_env_extra[i]`: variables for process i only (e.g. a
-  crash point, sleep_jax/faults.py, to kill one process of the run). When one process exits non-zero, or `timeout` passes, the
-  others are SIGKILLed: a lone survivor would block in its next collective.
+  with a `[pI] ` prefix, if `out` is not False (gloo's connection lines left out). `process_env_extra[i]`:
+  variables for process i only (e.g. a crash point, sleep_jax/faults.py, to kill one process of the run). When
+  one process exits non-zero, or `timeout` passes, the others are SIGKILLed: a lone survivor would block in its
+  next collective.
   """
   if n < 1:
     raise ValueError(f'--processes={n} must be >= 1')
@@ -76,7 +81,7 @@ def launch(main_args: list[str], n: int = 2, devices: int = 4, port: int = 0, ti
   def pump(i, p):
     for line in p.stdout:
       texts[i].append(line)
-      if out is not False:
+      if out is not False and not _GLOO_NOISE.match(line):
         out.write(f'[p{i}] {line}')
         out.flush()
 

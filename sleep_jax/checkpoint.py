@@ -184,7 +184,8 @@ class Checkpointer:
       return False
     if not force and not self._mngr.should_save(step):
       return False
-    items = {'state': ocp.args.StandardSave(_global_arrays(state)), 'meta': ocp.args.JsonSave(_jsonable(meta, 'meta'))}
+    items = {'state': ocp.args.StandardSave(_global_arrays(state)),
+             'meta': ocp.args.JsonSave(_jsonable(meta, 'meta'))}
     if extra is not None:
       items['extra'] = ocp.args.JsonSave(_jsonable(extra, 'extra'))
     return bool(self._mngr.save(step, args=ocp.args.Composite(**items), force=force))
