@@ -90,8 +90,11 @@ def launch(main_args: list[str], n: int = 2, devices: int = 4, port: int = 0, ti
     t.start()
   deadline = time.monotonic() + timeout if timeout else None
   try:
-    while any(p.poll() is None for p in procs):
-      failed = any(p.returncode not in (None, 0) for p in procs)
+    while True:
+      codes = [p.poll() for p in procs]   # every process polled (any() would stop at the first running one)
+      if None not in codes:
+        break
+      failed = any(c not in (None, 0) for c in codes)
       if failed or (deadline and time.monotonic() > deadline):
         for p in procs:
           if p.poll() is None:
