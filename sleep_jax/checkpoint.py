@@ -80,6 +80,26 @@ def _leaf_sig(x) -> tuple[tuple[int, ...], str]:
   return tuple(getattr(x, 'shape', ())), str(np.dtype(dtype) if dtype is not None else type(x).__name__)
 
 
+def _global_arrays(tree):
+  """Multi-process: host-local jax arrays (e.g. a counter made by `jnp.int32(r)`, on one local device) as global
+  arrays replicated over every process's devices; Orbax refuses to save a host-local array in a multi-host run.
+  They hold the same value on every process (all run the same program), which is what a replicated array says.
+  One process: `tree` unchanged."""
+  if jax.process_count() == 1:
+    return tree
+  rep = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ('all',)),
+                                   jax.sharding.PartitionSpec())
+
+  def one(x):
+    if not isinstance(x, jax.Array) or not x.is_fully_addressable:
+      return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):   # device_put takes host data: go through key data
+      impl = jax.random.key_impl(x)
+      return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(x)), rep), impl=impl)
+    return jax.device_put(np.asarray(x), rep)
+  return jax.tree.map(one, tree)
+
+
 class _TargetMismatch(ValueError):
   pass
 
@@ -164,7 +184,8 @@ class Checkpointer:
       return False
     if not force and not self._mngr.should_save(step):
       return False
-    items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(_jsonable(meta, 'meta'))}
+    items = {'state': ocp.args.StandardSave(_global_arrays(state)),
+             'meta': ocp.args.JsonSave(_jsonable(meta, 'meta'))}
     if extra is not None:
       items['extra'] = ocp.args.JsonSave(_jsonable(extra, 'extra'))
     return bool(self._mngr.save(step, args=ocp.args.Composite(**items), force=force))

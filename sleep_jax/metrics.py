@@ -310,13 +310,16 @@ class LineProgress:
 def progress(iterable_or_total: Iterable | int, desc: str = '', *, force: bool = False,
              **kw) -> Progress | LineProgress:
   """Progress over an iterable (or a step count): a tqdm bar on a TTY (or when forced), else `LineProgress`,
-  a plain line at most every LINE_EVERY seconds (see `LineLog`), so a log shows a long run is alive."""
+  a plain line at most every LINE_EVERY seconds (see `LineLog`), so a log shows a long run is alive.
+  Multi-process: only process 0 shows progress (the others' bars are disabled tqdm bars that only iterate)."""
   if isinstance(iterable_or_total, int):
     iterable, kw['total'] = None, iterable_or_total
   else:
     iterable = iterable_or_total
   log = kw.pop('log', LINES)   # tests pass a LineLog with a fake clock
   out = kw.get('file') or sys.stderr
+  if jax.process_index() > 0 and not force:
+    return Progress(iterable, desc=desc, disable=True, **kw)
   if force or (hasattr(out, 'isatty') and out.isatty()):
     return Progress(iterable, desc=desc, dynamic_ncols=True, **kw)
   if log is LINES:

@@ -14,7 +14,10 @@ import orbax.checkpoint as ocp
 
 
 def write_json(path: str, obj) -> str:
-  """obj as JSON, written then renamed into place: a reader never takes half a file for a whole one."""
+  """obj as JSON, written then renamed into place: a reader never takes half a file for a whole one.
+  Multi-process: only process 0 writes (every process holds the same results; two writers would race on .tmp)."""
+  if jax.process_index() > 0:
+    return path
   if os.path.dirname(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp'
@@ -29,6 +32,7 @@ def versions() -> dict:
   return {'python': platform.python_version(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
           'flax': flax.__version__, 'optax': optax.__version__, 'orbax_checkpoint': ocp.__version__,
           'numpy': np.__version__, 'backend': jax.default_backend(), 'devices': jax.device_count(),
+          'processes': jax.process_count(),
           'machine': platform.machine(), 'processor': platform.processor() or platform.machine(),
           'cpus': os.cpu_count()}
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sleep_jax import sharding
 from sleep_jax.models.cms import variables
 from sleep_jax.sampling import left_pad
 
@@ -148,5 +149,5 @@ class Judge:
     if not pairs:
       return np.zeros((0,), np.float32)
     toks, mask = self._pad([self.prompt(a, b) for a, b in pairs])
-    p = np.asarray(self._fn(params, cms or {}, toks, mask))[: len(pairs)].astype(np.float32)
+    p = sharding.to_host(self._fn(params, cms or {}, toks, mask))[: len(pairs)].astype(np.float32)
     return (p > 0.5).astype(np.float32) if hard else p

@@ -19,8 +19,13 @@ class LMBatches:
       from sleep_jax.data import pipeline, tfds_builders
       self._pipeline = pipeline
       src = tfds_builders.load(d.dataset, d.split)        # 'test' refuses: training never reads it
+      # Every process reads the whole dataset and builds the same global batch (shard 0 of 1), of which it
+      # places only its own devices' rows (loop.global_batch): the batches, and so the losses, are those of one
+      # process with all the devices, and the iterator state process 0 checkpoints is every process's.
+      # (Reading a 1/num_processes shard per process scales the input better but changes the data order with
+      # the process count and needs a per-process iterator state; not done here.)
       self._it = iter(pipeline.lm_dataset(src, tokenizer, text_key=d.text_key, seq_len=self.L,
-                                          batch_size=self.B, seed=self.seed))
+                                          batch_size=self.B, seed=self.seed, shard_index=0, shard_count=1))
     elif d.source == 'world':   # the controlled world's pretraining mix, a pure function of (seed, step)
       from sleep_jax.data import world
       self._world, self._mix = world.World(world.spec_from(config.world)), world.mix_from(config.world)

@@ -65,6 +65,16 @@ def builder_class(spec: Spec):
 def prepare(name: str):
   """Build `name` into `data_dir()` unless this version is already there; returns the builder."""
   spec = get_spec(name)
+  import jax
+  if jax.process_count() > 1:   # multi-process: process 0 builds, the others wait (two builders would race)
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      _prepared(spec)
+    multihost_utils.sync_global_devices(f'sleep_jax_tfds_prepare_{name}')
+  return _prepared(spec)
+
+
+def _prepared(spec):
   b = builder_class(spec)(data_dir=data_dir(), file_format='array_record')
   if not b.is_prepared():
     b.download_and_prepare()

@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import jax
+
 from sleep_jax import evals
 from sleep_jax.cycle import Cycle
 from sleep_jax.data import documents
@@ -65,7 +67,7 @@ def sleep(config, workdir: str) -> dict:
   if before.get('with_context'):
     lines.append(_score_line('teacher with context (ceiling)', before['with_context']))
   print('\n' + '\n'.join(lines))
-  if res['dream_rounds']:
+  if res['dream_rounds'] and jax.process_index() == 0:
     png = os.path.join(workdir, 'dream_rewards.png')
     dream.plot_reward_rates({'this run': [[e['reward_rate'] for e in res['dream_rounds'] if e['sleep'] == s]
                                           for s in sorted({e['sleep'] for e in res['dream_rounds']})]}, png,
