@@ -645,7 +645,7 @@ class Cycle:
     protocol). Checkpoints every `checkpoint.every` wake steps, before and after every sleep and at the end; a run
     stopped anywhere resumes from the newest one, re-reading the documents since (the wake step is
     deterministic, so the resumed run is the uninterrupted one)."""
-    rt, c = self.rt, self.config
+    rt = self.rt
     self.mlog = MetricLogger(self.workdir)
     try:
       self._run(docs)

@@ -1,7 +1,5 @@
 """Knowledge Seeding: the loss against an independent per-row reference, gradients reach only the new expert,
 the student starts equal to the teacher, distillation lowers the divergence, 1 vs 8 devices, the protocol."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
