@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/main
 # The main job sleeps the shipped world model (configs/world_sleep.py); the SmolLM2-135M sleep: make run-smollm2
 SMOLLM2_WORKDIR ?= runs/smollm2
-PYTEST_ARGS ?= -n auto
+PYTEST_ARGS ?= -n auto --durations=20   # CI output ends with the 20 slowest tests
 
 .PHONY: run run-smollm2 test setup bench bench-setup clean
 
