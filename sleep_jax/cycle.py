@@ -245,6 +245,7 @@ class Cycle:
     self._assemble(runtime, Checkpointer(workdir, keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.get('async_save', False)))
     self.log_lines: list[dict] = []
+    self._events = EventSegments(workdir)
     self._events_saved = 0        # log_lines[:_events_saved] are in the events segments on disk
     self._pending: list = []      # wake steps whose metrics are still on device (`_flush`)
     self._steps = None            # wake steps done (host copy of state['step'], read once per run)
@@ -306,10 +307,6 @@ class Cycle:
     pos['save_id'] += 1
     self._save(pos)
     self._since_save = 0
-
-  @property
-  def _events(self) -> 'EventSegments':
-    return EventSegments(self.workdir)
 
   def _restore(self):
     """(position, restored tree: 'ks' / 'dream' sleep states when saved mid-sleep) from the newest readable

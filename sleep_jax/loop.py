@@ -17,19 +17,6 @@ from sleep_jax.metrics import MetricLogger, progress
 from sleep_jax.results import run_info
 
 
-def global_batch(host: dict, batch_sh):
-  """`host`, the whole global batch (every process computes the same one: batches are a pure function of seed
-  and step, or one grain iterator read in the same order by every process), as arrays sharded by `batch_sh`.
-
-  Multi-process, each process places only the rows of its own devices: `global_shape` equal to the local shape
-  says the local data is the global array (without it jax would stack the processes' batches into one
-  num_processes times as large). One process: a plain device_put.
-  """
-  if jax.process_count() == 1:
-    return jax.device_put(host, batch_sh)
-  return {k: jax.make_array_from_process_local_data(batch_sh, np.asarray(v), np.shape(v)) for k, v in host.items()}
-
-
 def run_steps(config, workdir: str, name: str, b, state, shard, step_fn, meta: dict, guard: NonFiniteGuard,
               on_metrics=None) -> tuple[dict, dict]:
   """The loop `lm` and `wake` share: grain/synthetic batches, metrics, checkpoints with the data-iterator
@@ -64,7 +51,10 @@ def run_steps(config, workdir: str, name: str, b, state, shard, step_fn, meta: d
 
   for step in bar:
     host = batches(step)
-    batch = global_batch(host, batch_sh)
+    # Every process holds the same global batch (batches are a pure function of seed and step, or one grain
+    # iterator read in the same order by every process); device_put places each process's own devices' rows, as
+    # it does for the cycle's and the phases' batches.
+    batch = jax.device_put(host, batch_sh)
     state, m = step_fn(state, batch)
     faults.point('train_step')
     pending.append((step + 1, m['loss'], m['grad_norm']))

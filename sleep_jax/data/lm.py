@@ -20,7 +20,7 @@ class LMBatches:
       self._pipeline = pipeline
       src = tfds_builders.load(d.dataset, d.split)        # 'test' refuses: training never reads it
       # Every process reads the whole dataset and builds the same global batch (shard 0 of 1), of which it
-      # places only its own devices' rows (loop.global_batch): the batches, and so the losses, are those of one
+      # places only its own devices' rows (jax.device_put in loop.py): the batches, and so the losses, are those of one
       # process with all the devices, and the iterator state process 0 checkpoints is every process's.
       # (Reading a 1/num_processes shard per process scales the input better but changes the data order with
       # the process count and needs a per-process iterator state; not done here.)
